@@ -1,0 +1,404 @@
+//! One client connection's state machine: HTTP head -> open WebSocket session -> closing, moving
+//! only forward, with its socket, outgoing queue and deadlines. It reads and writes its own socket;
+//! it never looks at rooms or other connections (the shard does that with what it returns).
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+use tungstenite::Message;
+use tungstenite::error::{Error as WsError, ProtocolError};
+use tungstenite::protocol::WebSocketContext;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::auth::Identity;
+use crate::http::Endpoint;
+use crate::timer::Millis;
+use crate::ws::{self, Flushed, OutQueue, Scratch, WsIo};
+
+/// How long a closing connection may take to finish the close handshake and hang up.
+pub const CLOSE_GRACE_MS: Millis = 2_000;
+/// Socket reads a closing connection may do per turn while we discard what it still sends.
+const DISCARD_READS_PER_TURN: usize = 4;
+
+/// A WebSocket ping with no payload, shared by every heartbeat.
+pub static PING_FRAME: Bytes = Bytes::from_static(&[0x89, 0x00]);
+
+pub struct Connection {
+    pub socket: TcpStream,
+    pub peer: SocketAddr,
+    pub generation: u32,
+    /// The acceptor counted this connection against its address's limit.
+    pub counted: bool,
+    pub out: OutQueue,
+    pub phase: Phase,
+    /// The wheel tick of this connection's live timer entry.
+    pub timer_tick: u64,
+    /// Listed in the shard's flush list for this turn.
+    pub dirty: bool,
+    /// The kernel's send buffer was full at the last write; wait for writability.
+    pub write_blocked: bool,
+}
+
+pub enum Phase {
+    Http(Box<HttpState>),
+    Open(Box<Session>),
+    Closing(Box<Closing>),
+}
+
+pub struct HttpState {
+    pub head: Vec<u8>,
+    pub deadline: Millis,
+    /// A `/stats` answer is being gathered from every shard.
+    pub awaiting_stats: bool,
+}
+
+/// An open WebSocket connection.
+pub struct Session {
+    pub ws: WebSocketContext,
+    pub endpoint: Endpoint,
+    pub id: u64,
+    pub identity: Option<Identity>,
+    pub auth_deadline: Millis,
+    pub rooms: Vec<Membership>,
+    pub bucket: TokenBucket,
+    /// Frames dropped by the rate limit since the last one that was let through.
+    pub dropped_in_row: u32,
+    pub last_seen: Millis,
+    pub last_ping: Millis,
+}
+
+/// A room this connection asked to join; `joined` once the home shard's answer arrived.
+pub struct Membership {
+    pub room: Arc<str>,
+    pub joined: bool,
+}
+
+/// What an ended session leaves for the shard to clean up.
+pub struct Ended {
+    pub endpoint: Endpoint,
+    pub identity: Option<Identity>,
+    pub rooms: Vec<Membership>,
+}
+
+impl Session {
+    fn end(self: Box<Self>) -> (WebSocketContext, Ended) {
+        let Session { ws, endpoint, identity, rooms, .. } = *self;
+        (ws, Ended { endpoint, identity, rooms })
+    }
+
+    pub fn membership(&self, room: &str) -> Option<&Membership> {
+        self.rooms.iter().find(|m| &*m.room == room)
+    }
+
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.identity.as_ref().map(|i| &i.user)
+    }
+}
+
+pub struct Closing {
+    /// Kept while the peer may still answer our close frame.
+    pub ws: Option<WebSocketContext>,
+    pub deadline: Millis,
+    pub write_shut: bool,
+    /// The peer answered our close, hung up, or cannot be read any more.
+    pub peer_done: bool,
+}
+
+/// The per-connection rate limit: `rate` frames per second, bursts up to `burst`.
+/// Kept in thousandths of a frame so integer refill is exact at any rate.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenBucket {
+    milli_tokens: u64,
+    last: Millis,
+}
+
+impl TokenBucket {
+    pub fn full(burst: u32, now: Millis) -> TokenBucket {
+        TokenBucket { milli_tokens: u64::from(burst) * 1000, last: now }
+    }
+
+    pub fn take(&mut self, now: Millis, rate: u32, burst: u32) -> bool {
+        let elapsed = now.saturating_sub(self.last);
+        self.last = now;
+        let cap = u64::from(burst) * 1000;
+        self.milli_tokens = cap.min(self.milli_tokens.saturating_add(elapsed.saturating_mul(u64::from(rate))));
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What reading an open connection found, after the messages it collected.
+#[derive(Debug, PartialEq)]
+pub enum ReadOutcome {
+    /// All input consumed; `more` when the per-turn budget stopped us first.
+    Drained { more: bool },
+    /// The peer sent a close frame; our answer is queued.
+    PeerClosed,
+    /// The peer broke the protocol: close with this code.
+    Violation(CloseCode, String),
+    /// The peer is gone (EOF or socket error): drop without ceremony.
+    Gone,
+}
+
+/// What a timer found due.
+#[derive(Debug, PartialEq)]
+pub enum TimerAction {
+    /// Check again at this time.
+    Next(Millis),
+    /// Send a close frame with this code and reason.
+    Close(CloseCode, &'static str),
+    /// Drop the socket now.
+    Drop,
+}
+
+impl Connection {
+    pub fn new(socket: TcpStream, peer: SocketAddr, generation: u32, counted: bool, deadline: Millis) -> Connection {
+        Connection {
+            socket,
+            peer,
+            generation,
+            counted,
+            out: OutQueue::default(),
+            phase: Phase::Http(Box::new(HttpState { head: Vec::new(), deadline, awaiting_stats: false })),
+            timer_tick: 0,
+            dirty: false,
+            write_blocked: false,
+        }
+    }
+
+    pub fn session(&self) -> Option<&Session> {
+        match &self.phase {
+            Phase::Open(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn session_mut(&mut self) -> Option<&mut Session> {
+        match &mut self.phase {
+            Phase::Open(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Appends to the request head; returns false on EOF or error.
+    pub fn read_head(&mut self, scratch: &mut Scratch) -> io::Result<usize> {
+        let Phase::Http(http) = &mut self.phase else { return Ok(0) };
+        let mut total = 0;
+        loop {
+            match scratch.read_from(&mut self.socket) {
+                Ok([]) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(bytes) => {
+                    total += bytes.len();
+                    http.head.extend_from_slice(bytes);
+                    // A head can never be this long; stop reading and let the parser refuse it.
+                    if http.head.len() > crate::http::MAX_HEAD_BYTES {
+                        return Ok(total);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads every message available on an open connection into `msgs`.
+    pub fn read_messages(&mut self, scratch: &mut Scratch, now: Millis, msgs: &mut Vec<Message>) -> ReadOutcome {
+        let Phase::Open(session) = &mut self.phase else { return ReadOutcome::Drained { more: false } };
+        let mut io = WsIo::new(&mut self.socket, scratch, &mut self.out);
+        let outcome = loop {
+            match session.ws.read(&mut io) {
+                Ok(Message::Close(_)) => {
+                    // tungstenite queued its answer; this writes it into our queue.
+                    let _ = session.ws.flush(&mut io);
+                    break ReadOutcome::PeerClosed;
+                }
+                Ok(msg) => msgs.push(msg),
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    break ReadOutcome::Drained { more: io.budget_exhausted };
+                }
+                Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => break ReadOutcome::Gone,
+                Err(e) => match ws::close_code_for(&e) {
+                    Some(code) => break ReadOutcome::Violation(code, e.to_string()),
+                    None => break ReadOutcome::Gone,
+                },
+            }
+        };
+        if io.bytes_read > 0 {
+            session.last_seen = now;
+        }
+        outcome
+    }
+
+    /// Queues a close frame and moves to `Closing`, returning what the session held so the
+    /// shard can undo its memberships. `stream_ok` is false when the input can no longer be
+    /// parsed as frames (after a protocol violation), so only raw discarding remains.
+    pub fn close_ws(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+        now: Millis,
+        stream_ok: bool,
+        scratch: &mut Scratch,
+    ) -> Option<Ended> {
+        let session = self.take_session()?;
+        let (mut ws, ended) = session.end();
+        let frame = CloseFrame { code, reason: reason.into() };
+        let _ = ws.close(&mut WsIo::new(&mut self.socket, scratch, &mut self.out), Some(frame));
+        self.phase = closing(stream_ok.then_some(ws), now, !stream_ok);
+        Some(ended)
+    }
+
+    /// The peer closed first and our answer is queued: finish once it is written.
+    pub fn finish_after_peer_close(&mut self, now: Millis) -> Option<Ended> {
+        let session = self.take_session()?;
+        self.phase = closing(None, now, true);
+        Some(session.end().1)
+    }
+
+    /// Ends the session without a close frame (the peer is gone or we are dropping it).
+    pub fn abandon(&mut self) -> Option<Ended> {
+        let session = self.take_session()?;
+        self.phase = closing(None, 0, true);
+        Some(session.end().1)
+    }
+
+    /// Moves the open session out, leaving a finished `Closing` the caller replaces as needed.
+    fn take_session(&mut self) -> Option<Box<Session>> {
+        if !matches!(self.phase, Phase::Open(_)) {
+            return None;
+        }
+        match std::mem::replace(&mut self.phase, closing(None, 0, true)) {
+            Phase::Open(session) => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Queues an HTTP response and hangs up after it.
+    pub fn respond_and_close(&mut self, response: Bytes, now: Millis) {
+        self.out.push(response);
+        self.phase = closing(None, now, false);
+    }
+
+    /// Reads what a closing peer still sends; returns true once the peer is done.
+    pub fn read_closing(&mut self, scratch: &mut Scratch) -> bool {
+        let Phase::Closing(c) = &mut self.phase else { return true };
+        if let Some(ws) = &mut c.ws {
+            let mut io = WsIo::new(&mut self.socket, scratch, &mut self.out);
+            loop {
+                match ws.read(&mut io) {
+                    Ok(Message::Close(_)) => {
+                        c.peer_done = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        c.peer_done = true;
+                        break;
+                    }
+                }
+            }
+            scratch.clear();
+        } else {
+            for _ in 0..DISCARD_READS_PER_TURN {
+                match scratch.read_from(&mut self.socket) {
+                    Ok([]) => {
+                        c.peer_done = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        c.peer_done = true;
+                        break;
+                    }
+                }
+            }
+        }
+        c.peer_done
+    }
+
+    /// Writes what is queued. An error means the socket is dead.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.write_blocked = matches!(self.out.flush(&mut self.socket)?, Flushed::Blocked);
+        if let Phase::Closing(c) = &mut self.phase
+            && self.out.is_empty()
+            && !c.write_shut
+        {
+            // Our last bytes are out: send FIN, but keep reading so that unread input does not
+            // turn our close into a reset that could destroy the frame we just sent.
+            c.write_shut = true;
+            let _ = self.socket.shutdown(Shutdown::Write);
+        }
+        Ok(())
+    }
+
+    /// A closing connection whose output is written and whose peer is done can be dropped.
+    pub fn is_finished(&self) -> bool {
+        matches!(&self.phase, Phase::Closing(c) if c.peer_done && self.out.is_empty())
+    }
+
+    /// Applies the deadlines of the current phase.
+    pub fn on_timer(&mut self, now: Millis, heartbeat: Millis) -> TimerAction {
+        match &mut self.phase {
+            Phase::Http(h) if now >= h.deadline => TimerAction::Drop,
+            Phase::Http(h) => TimerAction::Next(h.deadline),
+            Phase::Closing(c) if now >= c.deadline => TimerAction::Drop,
+            Phase::Closing(c) => TimerAction::Next(c.deadline),
+            Phase::Open(s) => {
+                if s.identity.is_none() && s.endpoint == Endpoint::Chat && now >= s.auth_deadline {
+                    return TimerAction::Close(CloseCode::Policy, "authentication timeout");
+                }
+                if now.saturating_sub(s.last_seen) >= 2 * heartbeat {
+                    // A peer that stopped reading cannot take a close frame either.
+                    return if self.write_blocked {
+                        TimerAction::Drop
+                    } else {
+                        TimerAction::Close(CloseCode::Away, "heartbeat timeout")
+                    };
+                }
+                if now.saturating_sub(s.last_ping) >= heartbeat {
+                    s.last_ping = now;
+                    self.out.push(PING_FRAME.clone());
+                }
+                let mut next = (s.last_ping + heartbeat).min(s.last_seen + 2 * heartbeat);
+                if s.identity.is_none() && s.endpoint == Endpoint::Chat {
+                    next = next.min(s.auth_deadline);
+                }
+                TimerAction::Next(next)
+            }
+        }
+    }
+}
+
+fn closing(ws: Option<WebSocketContext>, now: Millis, peer_done: bool) -> Phase {
+    Phase::Closing(Box::new(Closing { ws, deadline: now + CLOSE_GRACE_MS, write_shut: false, peer_done }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_allows_burst_then_rate() {
+        let mut b = TokenBucket::full(3, 0);
+        assert!(b.take(0, 10, 3));
+        assert!(b.take(0, 10, 3));
+        assert!(b.take(0, 10, 3));
+        assert!(!b.take(0, 10, 3), "burst spent");
+        assert!(!b.take(99, 10, 3), "0.99 of a token after 99 ms at 10/s");
+        assert!(b.take(100, 10, 3));
+        assert!(b.take(10_000, 10, 3));
+        assert!(b.take(10_000, 10, 3));
+        assert!(b.take(10_000, 10, 3));
+        assert!(!b.take(10_000, 10, 3), "refill is capped at burst");
+    }
+}
