@@ -20,6 +20,8 @@ use serde_json::value::RawValue;
 pub const SHARD_INBOX: usize = 32 * 1024;
 /// Capacity of the history stage's inbox.
 pub const HISTORY_INBOX: usize = 16 * 1024;
+/// Capacity of each history reader's inbox.
+pub const READER_INBOX: usize = 8 * 1024;
 /// Capacity of the acceptor's inbox (close notices).
 pub const ACCEPTOR_INBOX: usize = 16 * 1024;
 /// A shard refuses new client publishes (error `overloaded`) while this many messages wait
@@ -107,7 +109,10 @@ pub struct Delivery {
 pub enum Reply {
     /// The `joined` frame followed by any replayed events; the shard marks the room joined.
     Joined { room: Arc<str>, frames: Vec<Bytes> },
-    /// A ready frame (`ack`, `left`, `presence_list`, `error`).
+    /// Sent by the history stage when a join needs a replay read: room events that reach the
+    /// shard after this one come after the join point and wait for the replay.
+    JoinStart { room: Arc<str> },
+    /// A ready frame (`ack`, `left`, `presence_list`, `history`, `error`).
     Frame(Bytes),
 }
 
@@ -131,6 +136,8 @@ pub enum HomeMsg {
         reference: Option<Box<str>>,
     },
     Publish(Publish),
+    /// Edit, delete or (un)react: validated against the stored target before it gets a seq.
+    Mutate(Mutation),
     Typing {
         room: Arc<str>,
         user: Arc<str>,
@@ -167,6 +174,34 @@ pub struct Publish {
     pub reply_to: Option<u64>,
 }
 
+#[derive(Debug)]
+pub struct Mutation {
+    pub room: Arc<str>,
+    pub from: Arc<str>,
+    /// The sender's token has role `admin` (may delete anyone's message).
+    pub admin: bool,
+    pub origin: ConnRef,
+    pub reference: Option<Box<str>>,
+    pub target: u64,
+    pub op: MutationOp,
+}
+
+#[derive(Debug)]
+pub enum MutationOp {
+    Edit(Box<RawValue>),
+    Delete,
+    React { emoji: Box<str>, add: bool },
+}
+
+/// What a stored event is, with what the history tables need to fold it.
+#[derive(Debug)]
+pub enum EventKind {
+    Message { name: Option<Arc<str>>, body: Box<RawValue>, reply_to: Option<u64> },
+    Edited { target: u64, body: Box<RawValue> },
+    Deleted { target: u64 },
+    Reaction { target: u64, emoji: Box<str>, add: bool },
+}
+
 /// A stored room event as the history stage sees it.
 #[derive(Debug)]
 pub struct EventRecord {
@@ -174,25 +209,78 @@ pub struct EventRecord {
     pub seq: u64,
     pub ts: u64,
     pub from: Arc<str>,
-    /// The event's WebSocket frame; its payload is the event JSON.
+    pub kind: EventKind,
+    /// The event's WebSocket frame; its payload is the event JSON that is stored and replayed.
     pub frame: Bytes,
+}
+
+/// What a join asked to see besides the `joined` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayMode {
+    /// Events after this seq, at most `max` (the newest).
+    Since { since: u64, max: usize },
+    /// The last `n` message events.
+    Last(u64),
+}
+
+/// The home shard's answer to a join, completed by the history stage (and a reader when
+/// there is something to replay) so that it leaves in order with the room's events.
+#[derive(Debug, Clone)]
+pub struct JoinAnswer {
+    pub conn: ConnRef,
+    pub room: Arc<str>,
+    pub reference: Option<Box<str>>,
+    /// The room's last seq at the join point.
+    pub seq: u64,
+    pub members: usize,
+    pub replay: Option<ReplayMode>,
+}
+
+/// A stored message, as far as permission checks for edits, deletes and reactions care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetInfo {
+    pub author: Box<str>,
+    pub deleted: bool,
 }
 
 /// Work for the history stage, in the order the home shards decided.
 #[derive(Debug)]
 pub enum HistoryMsg {
-    /// A new room event: make it durable, then deliver it to `shards` and ack the sender.
+    /// A new room event: make it durable, then deliver it to `shards` and ack `origin`.
     Event {
         record: EventRecord,
         delivery: Delivery,
         shards: ShardSet,
-        ack: Option<(ConnRef, Bytes)>,
+        origin: Option<(ConnRef, Option<Box<str>>)>,
     },
-    /// Room output that must stay behind every earlier event of its room (presence, join
-    /// and leave replies), forwarded unchanged.
+    /// Room output that must stay behind every earlier event of its room (presence, leave
+    /// replies), forwarded unchanged.
     Relay {
         shards: ShardSet,
         msg: Downstream,
+    },
+    Join(JoinAnswer),
+    /// What is stored at `target`, as of every event queued before this message.
+    Lookup {
+        room: Arc<str>,
+        target: u64,
+        home: u16,
+    },
+    Shutdown,
+}
+
+/// Work for a history reader thread.
+#[derive(Debug)]
+pub enum ReadRequest {
+    /// Build the `joined` answer and the replay it asked for.
+    Replay(JoinAnswer),
+    History {
+        conn: ConnRef,
+        room: Arc<str>,
+        reference: Option<Box<str>>,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: u64,
     },
     Shutdown,
 }
@@ -228,6 +316,17 @@ pub enum ShardMsg {
     StatsPart {
         id: u64,
         part: StatsPart,
+    },
+    /// The history stage's answer to a `Lookup`; `Err` when it could not be read reliably.
+    Looked {
+        room: Arc<str>,
+        target: u64,
+        info: Result<Option<TargetInfo>, ()>,
+    },
+    /// Storing failed: seqs after `last_seq` in `room` were not stored and are to be reissued.
+    Rollback {
+        room: Arc<str>,
+        last_seq: u64,
     },
     /// A re-read configuration (auth keys, limits) to use from now on.
     Reload {

@@ -71,10 +71,22 @@ pub struct Session {
     pub last_ping: Millis,
 }
 
-/// A room this connection asked to join; `joined` once the home shard's answer arrived.
+/// A room this connection asked to join.
 pub struct Membership {
     pub room: Arc<str>,
-    pub joined: bool,
+    pub state: JoinState,
+}
+
+pub enum JoinState {
+    /// Asked; the answer has not come yet.
+    Requested,
+    /// The answer comes with a replay read from history; room events that arrive meanwhile
+    /// are later than the replay and wait here to follow it.
+    Replaying {
+        held: Vec<Bytes>,
+        held_bytes: usize,
+    },
+    Joined,
 }
 
 /// What an ended session leaves for the shard to clean up.
@@ -140,7 +152,7 @@ impl TokenBucket {
 pub enum ReadOutcome {
     /// All input consumed; `more` when the per-turn budget stopped us first.
     Drained { more: bool },
-    /// The peer sent a close frame; our answer is queued.
+    /// The peer sent a close frame; `finish_after_peer_close` answers it.
     PeerClosed,
     /// The peer broke the protocol: close with this code.
     Violation(CloseCode, String),
@@ -215,11 +227,8 @@ impl Connection {
         let mut io = WsIo::new(&mut self.socket, scratch, &mut self.out);
         let outcome = loop {
             match session.ws.read(&mut io) {
-                Ok(Message::Close(_)) => {
-                    // tungstenite queued its answer; this writes it into our queue.
-                    let _ = session.ws.flush(&mut io);
-                    break ReadOutcome::PeerClosed;
-                }
+                // tungstenite holds its answer until the messages before the close are handled.
+                Ok(Message::Close(_)) => break ReadOutcome::PeerClosed,
                 Ok(msg) => msgs.push(msg),
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     break ReadOutcome::Drained { more: io.budget_exhausted };
@@ -256,11 +265,14 @@ impl Connection {
         Some(ended)
     }
 
-    /// The peer closed first and our answer is queued: finish once it is written.
-    pub fn finish_after_peer_close(&mut self, now: Millis) -> Option<Ended> {
+    /// The peer closed first: queue tungstenite's answer after everything already queued, and
+    /// finish once it is written.
+    pub fn finish_after_peer_close(&mut self, now: Millis, scratch: &mut Scratch) -> Option<Ended> {
         let session = self.take_session()?;
+        let (mut ws, ended) = session.end();
+        let _ = ws.flush(&mut WsIo::new(&mut self.socket, scratch, &mut self.out));
         self.phase = closing(None, now, true);
-        Some(session.end().1)
+        Some(ended)
     }
 
     /// Ends the session without a close frame (the peer is gone or we are dropping it).

@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod rooms;
 pub mod server;
 pub mod shard;
+pub mod store;
 pub mod sys;
 pub mod timer;
 pub mod ws;

@@ -334,6 +334,71 @@ pub enum ServerFrame<'a> {
         reply_to: Option<u64>,
         ts: u64,
     },
+    Edited {
+        room: &'a str,
+        seq: u64,
+        target: u64,
+        from: &'a str,
+        body: &'a RawValue,
+        ts: u64,
+    },
+    Deleted {
+        room: &'a str,
+        seq: u64,
+        target: u64,
+        from: &'a str,
+        ts: u64,
+    },
+    Reaction {
+        room: &'a str,
+        seq: u64,
+        target: u64,
+        from: &'a str,
+        emoji: &'a str,
+        op: &'static str,
+        ts: u64,
+    },
+    History {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        room: &'a str,
+        messages: &'a [HistoryItem],
+        more: bool,
+    },
+}
+
+/// A message in a `history` page, with its edits, deletion and reactions folded in.
+#[derive(Serialize, Debug)]
+pub struct HistoryItem {
+    pub seq: u64,
+    pub from: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `null` once deleted.
+    pub body: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    pub ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_ts: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    pub reactions: Reactions,
+}
+
+/// `{"<emoji>": ["<user>", ...]}` in the order the reactions were made.
+#[derive(Debug, Default)]
+pub struct Reactions(pub Vec<(String, Vec<String>)>);
+
+impl Serialize for Reactions {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (emoji, users) in &self.0 {
+            map.serialize_entry(emoji, users)?;
+        }
+        map.end()
+    }
 }
 
 impl ServerFrame<'_> {

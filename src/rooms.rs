@@ -5,18 +5,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use crate::bus::{
-    Audience, ConnRef, Delivery, Downstream, EventRecord, Exclude, HistoryMsg, HomeMsg, JoinRequest, Publish, Reply,
-    ShardSet,
+    Audience, ConnRef, Delivery, Downstream, EventKind, EventRecord, Exclude, HistoryMsg, HomeMsg, JoinAnswer,
+    JoinRequest, Mutation, MutationOp, Publish, ReplayMode, Reply, ShardSet, TargetInfo,
 };
 use crate::names::{RoomKind, room_kind};
-use crate::protocol::ServerFrame;
+use crate::protocol::{ErrorCode, ServerFrame};
 
-/// Recent events a home shard keeps per room so a reconnecting client resumes from memory.
-const TAIL_EVENTS: usize = 256;
-const TAIL_BYTES: usize = 256 * 1024;
 /// Rooms listed in `/stats` `top_rooms`.
 pub const TOP_ROOMS: usize = 10;
 
@@ -38,66 +33,25 @@ struct HomeRoom {
     shards: ShardSet,
     /// Distinct users in the room and how many of their connections joined.
     users: HashMap<Arc<str>, u32>,
-    tail: Tail,
-}
-
-#[derive(Debug, Default)]
-struct Tail {
-    events: VecDeque<TailEvent>,
-    bytes: usize,
-}
-
-#[derive(Debug)]
-struct TailEvent {
-    seq: u64,
-    is_message: bool,
-    frame: Bytes,
-}
-
-impl Tail {
-    fn push(&mut self, event: TailEvent) {
-        self.bytes += event.frame.len();
-        self.events.push_back(event);
-        while self.events.len() > TAIL_EVENTS || self.bytes > TAIL_BYTES {
-            match self.events.pop_front() {
-                Some(old) => self.bytes -= old.frame.len(),
-                None => break,
-            }
-        }
-    }
-
-    /// Events after `since`, at most `max` (the newest), and whether some were missing.
-    fn since(&self, since: u64, last_seq: u64, max: usize) -> (Vec<Bytes>, bool) {
-        if since >= last_seq {
-            return (Vec::new(), false);
-        }
-        let oldest_kept = self.events.front().map_or(u64::MAX, |e| e.seq);
-        let missing = last_seq - since;
-        let truncated = oldest_kept > since + 1 || missing > max as u64;
-        let after: Vec<&TailEvent> = self.events.iter().filter(|e| e.seq > since).collect();
-        let skip = after.len().saturating_sub(max);
-        (after[skip..].iter().map(|e| e.frame.clone()).collect(), truncated)
-    }
-
-    /// The newest `n` message events, oldest first.
-    fn last_messages(&self, n: usize) -> Vec<Bytes> {
-        let mut picked: Vec<Bytes> =
-            self.events.iter().rev().filter(|e| e.is_message).take(n).map(|e| e.frame.clone()).collect();
-        picked.reverse();
-        picked
-    }
+    /// Edits, deletes and reactions wait here, one at a time, for the stored state of their
+    /// target; taking them in turn means each is checked against every earlier one.
+    mutations: VecDeque<Mutation>,
+    lookup_pending: bool,
 }
 
 /// The rooms whose home is this shard.
 pub struct HomeRooms {
     rooms: HashMap<Arc<str>, HomeRoom>,
+    shard_index: usize,
     shard_count: usize,
     max_replay: usize,
 }
 
 impl HomeRooms {
-    pub fn new(shard_count: usize, max_replay: usize) -> HomeRooms {
-        HomeRooms { rooms: HashMap::new(), shard_count, max_replay }
+    /// `seqs`: each room's last stored seq, so numbering continues after a restart.
+    pub fn new(shard_index: usize, shard_count: usize, max_replay: usize, seqs: HashMap<Arc<str>, u64>) -> HomeRooms {
+        let rooms = seqs.into_iter().map(|(name, seq)| (name, HomeRoom { seq, ..HomeRoom::default() })).collect();
+        HomeRooms { rooms, shard_index, shard_count, max_replay }
     }
 
     pub fn set_max_replay(&mut self, max_replay: usize) {
@@ -111,13 +65,13 @@ impl HomeRooms {
                 self.leave(&room, conn, &user, reply.then_some(reference), out)
             }
             HomeMsg::Publish(p) => self.publish(p, now_ms, out),
+            HomeMsg::Mutate(m) => self.mutate(m, out),
             HomeMsg::Typing { room, user, active } => self.typing(&room, user, active, out),
             HomeMsg::PresenceQuery { room, conn, reference } => self.presence_list(&room, conn, reference, out),
         }
     }
 
     fn join(&mut self, req: JoinRequest, out: &mut Vec<HomeOutput>) {
-        let max_replay = self.max_replay;
         let room = self.rooms.entry(req.room.clone()).or_default();
         if !req.rejoin {
             add_conn(room, req.conn.shard);
@@ -127,24 +81,20 @@ impl HomeRooms {
                 out.push(presence(&req.room, room.shards, &req.user, "join"));
             }
         }
-        let (replay, truncated) = match (req.since, req.history) {
-            (Some(since), _) => room.tail.since(since, room.seq, max_replay),
-            (None, Some(n)) => (room.tail.last_messages(n as usize), false),
-            (None, None) => (Vec::new(), false),
+        let replay = match (req.since, req.history) {
+            (Some(since), _) => Some(ReplayMode::Since { since, max: self.max_replay }),
+            (None, Some(n)) if n > 0 => Some(ReplayMode::Last(n)),
+            _ => None,
         };
-        let joined = ServerFrame::Joined {
-            reference: req.reference.as_deref(),
-            room: &req.room,
+        let answer = JoinAnswer {
+            conn: req.conn,
+            room: req.room,
+            reference: req.reference,
             seq: room.seq,
             members: room.users.len(),
-            truncated,
-        }
-        .to_frame();
-        let mut frames = Vec::with_capacity(1 + replay.len());
-        frames.push(joined);
-        frames.extend(replay);
-        let reply = Reply::Joined { room: req.room, frames };
-        out.push(relay_to(req.conn, reply));
+            replay,
+        };
+        out.push(HomeOutput::History(HistoryMsg::Join(answer)));
     }
 
     /// `reply` is `Some(ref)` when the client asked to leave and awaits `left`.
@@ -168,37 +118,90 @@ impl HomeRooms {
         }
         if let Some(reference) = reply {
             let left = ServerFrame::Left { reference: reference.as_deref(), room: name }.to_frame();
-            out.push(relay_to(conn, Reply::Frame(left)));
+            out.push(HomeOutput::History(HistoryMsg::Relay {
+                shards: ShardSet::one(conn.shard as usize),
+                msg: Downstream::Reply(conn, Reply::Frame(left)),
+            }));
         }
     }
 
     fn publish(&mut self, p: Publish, ts: u64, out: &mut Vec<HomeOutput>) {
-        let room = self.rooms.entry(p.room.clone()).or_default();
+        let origin = p.origin.map(|c| (c, p.reference));
+        let kind = EventKind::Message { name: p.name, body: p.body, reply_to: p.reply_to };
+        self.emit(p.room, p.from, ts, kind, origin, out);
+    }
+
+    /// Assigns the next seq to an event and sends it to be stored, then delivered and acked.
+    fn emit(
+        &mut self,
+        name: Arc<str>,
+        from: Arc<str>,
+        ts: u64,
+        kind: EventKind,
+        origin: Option<(ConnRef, Option<Box<str>>)>,
+        out: &mut Vec<HomeOutput>,
+    ) {
+        let room = self.rooms.entry(name.clone()).or_default();
         room.seq += 1;
         let seq = room.seq;
-        let frame = ServerFrame::Message {
-            room: &p.room,
-            seq,
-            from: &p.from,
-            name: p.name.as_deref(),
-            body: &p.body,
-            reply_to: p.reply_to,
-            ts,
-        }
-        .to_frame();
-        room.tail.push(TailEvent { seq, is_message: true, frame: frame.clone() });
-        let (audience, shards) = match room_kind(&p.room) {
+        let frame = event_frame(&name, seq, &from, ts, &kind);
+        let (audience, shards) = match room_kind(&name) {
             RoomKind::Direct(a, b) => (Audience::Users(a.into(), b.into()), ShardSet::all(self.shard_count)),
             _ => (Audience::Room, room.shards),
         };
-        let ack = p.origin.map(|origin| {
-            let ack = ServerFrame::Ack { reference: p.reference.as_deref(), room: &p.room, seq, ts }.to_frame();
-            (origin, ack)
-        });
-        let exclude = p.origin.map_or(Exclude::Nobody, Exclude::Conn);
-        let record = EventRecord { room: p.room.clone(), seq, ts, from: p.from, frame: frame.clone() };
-        let delivery = Delivery { room: p.room, frame, audience, exclude };
-        out.push(HomeOutput::History(HistoryMsg::Event { record, delivery, shards, ack }));
+        let exclude = origin.as_ref().map_or(Exclude::Nobody, |(c, _)| Exclude::Conn(*c));
+        let delivery = Delivery { room: name.clone(), frame: frame.clone(), audience, exclude };
+        let record = EventRecord { room: name, seq, ts, from, kind, frame };
+        out.push(HomeOutput::History(HistoryMsg::Event { record, delivery, shards, origin }));
+    }
+
+    fn mutate(&mut self, m: Mutation, out: &mut Vec<HomeOutput>) {
+        let room = self.rooms.entry(m.room.clone()).or_default();
+        if m.target == 0 || m.target > room.seq {
+            out.push(error_to(m.origin, m.reference.as_deref(), ErrorCode::NotFound, "no such message"));
+            return;
+        }
+        room.mutations.push_back(m);
+        if !room.lookup_pending {
+            request_lookup(room, self.shard_index, out);
+        }
+    }
+
+    /// The stored state of a mutation's target arrived: check permission, then emit or refuse.
+    pub fn looked(
+        &mut self,
+        name: &Arc<str>,
+        info: Result<Option<TargetInfo>, ()>,
+        now_ms: u64,
+        out: &mut Vec<HomeOutput>,
+    ) {
+        let Some(room) = self.rooms.get_mut(name) else { return };
+        room.lookup_pending = false;
+        let Some(m) = room.mutations.pop_front() else { return };
+        match check_mutation(&m, info) {
+            Err((code, message)) => out.push(error_to(m.origin, m.reference.as_deref(), code, message)),
+            Ok(()) => {
+                let kind = match m.op {
+                    MutationOp::Edit(body) => EventKind::Edited { target: m.target, body },
+                    MutationOp::Delete => EventKind::Deleted { target: m.target },
+                    MutationOp::React { emoji, add } => EventKind::Reaction { target: m.target, emoji, add },
+                };
+                self.emit(m.room, m.from, now_ms, kind, Some((m.origin, m.reference)), out);
+            }
+        }
+        if let Some(room) = self.rooms.get_mut(name) {
+            request_lookup(room, self.shard_index, out);
+        }
+    }
+
+    /// Storing failed: seqs after `last_seq` were never stored and will be assigned again.
+    pub fn rollback(&mut self, name: &str, last_seq: u64) {
+        if let Some(room) = self.rooms.get_mut(name)
+            && room.seq > last_seq
+        {
+            log::warn!("room {name}: seqs after {last_seq} were not stored; continuing from there");
+            room.seq = last_seq;
+        }
     }
 
     fn typing(&self, name: &Arc<str>, user: Arc<str>, active: bool, out: &mut Vec<HomeOutput>) {
@@ -229,6 +232,57 @@ impl HomeRooms {
     }
 }
 
+/// Asks the history stage for the stored state of the next waiting mutation's target.
+fn request_lookup(room: &mut HomeRoom, home: usize, out: &mut Vec<HomeOutput>) {
+    let Some(m) = room.mutations.front() else { return };
+    room.lookup_pending = true;
+    out.push(HomeOutput::History(HistoryMsg::Lookup { room: m.room.clone(), target: m.target, home: home as u16 }));
+}
+
+/// The contract's rules: edit by the author only, delete by the author or an admin,
+/// and nothing on a message that does not exist or was deleted.
+fn check_mutation(m: &Mutation, info: Result<Option<TargetInfo>, ()>) -> Result<(), (ErrorCode, &'static str)> {
+    let target = match info {
+        Err(()) => return Err((ErrorCode::Internal, "could not read the target message; retry")),
+        Ok(None) => return Err((ErrorCode::NotFound, "no such message")),
+        Ok(Some(t)) if t.deleted => return Err((ErrorCode::NotFound, "that message was deleted")),
+        Ok(Some(t)) => t,
+    };
+    let own = *target.author == *m.from;
+    match m.op {
+        MutationOp::Edit(_) if !own => Err((ErrorCode::Forbidden, "only the author may edit a message")),
+        MutationOp::Delete if !own && !m.admin => {
+            Err((ErrorCode::Forbidden, "only the author or an admin may delete a message"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn event_frame(room: &str, seq: u64, from: &str, ts: u64, kind: &EventKind) -> bytes::Bytes {
+    match kind {
+        EventKind::Message { name, body, reply_to } => {
+            ServerFrame::Message { room, seq, from, name: name.as_deref(), body, reply_to: *reply_to, ts }
+        }
+        EventKind::Edited { target, body } => ServerFrame::Edited { room, seq, target: *target, from, body, ts },
+        EventKind::Deleted { target } => ServerFrame::Deleted { room, seq, target: *target, from, ts },
+        EventKind::Reaction { target, emoji, add } => ServerFrame::Reaction {
+            room,
+            seq,
+            target: *target,
+            from,
+            emoji,
+            op: if *add { "add" } else { "remove" },
+            ts,
+        },
+    }
+    .to_frame()
+}
+
+fn error_to(conn: ConnRef, reference: Option<&str>, code: ErrorCode, message: &str) -> HomeOutput {
+    let frame = ServerFrame::Error { reference, code, message }.to_frame();
+    HomeOutput::Shard(conn.shard as usize, Downstream::Reply(conn, Reply::Frame(frame)))
+}
+
 fn add_conn(room: &mut HomeRoom, shard: u16) {
     match room.conns.iter_mut().find(|(s, _)| *s == shard) {
         Some((_, n)) => *n += 1,
@@ -251,13 +305,6 @@ fn presence(room: &Arc<str>, shards: ShardSet, user: &Arc<str>, event: &'static 
     let delivery =
         Delivery { room: room.clone(), frame, audience: Audience::Room, exclude: Exclude::User(user.clone()) };
     HomeOutput::History(HistoryMsg::Relay { shards, msg: Downstream::Deliver(delivery) })
-}
-
-fn relay_to(conn: ConnRef, reply: Reply) -> HomeOutput {
-    HomeOutput::History(HistoryMsg::Relay {
-        shards: ShardSet::one(conn.shard as usize),
-        msg: Downstream::Reply(conn, reply),
-    })
 }
 
 /// Online users whose home is this shard, with their connection counts across all shards.
@@ -289,14 +336,29 @@ impl OnlineUsers {
     }
 }
 
-/// A shard's own connections by room (joined) and by user (authenticated): slab keys.
+/// A shard's own connections by room (joined, or waiting for a replay) and by user
+/// (authenticated): slab keys.
 #[derive(Default)]
 pub struct LocalIndex {
     rooms: HashMap<Arc<str>, Vec<u32>>,
+    replaying: HashMap<Arc<str>, Vec<u32>>,
     users: HashMap<Arc<str>, Vec<u32>>,
 }
 
 impl LocalIndex {
+    pub fn start_replay(&mut self, room: &Arc<str>, key: u32) {
+        self.replaying.entry(room.clone()).or_default().push(key);
+    }
+
+    pub fn end_replay(&mut self, room: &str, key: u32) {
+        remove_key(&mut self.replaying, room, key);
+    }
+
+    /// Connections whose join waits for its replay: room events are held for them.
+    pub fn replaying(&self, room: &str) -> &[u32] {
+        self.replaying.get(room).map_or(&[], |v| v.as_slice())
+    }
+
     pub fn join(&mut self, room: &Arc<str>, key: u32) {
         self.rooms.entry(room.clone()).or_default().push(key);
     }
@@ -372,18 +434,20 @@ mod tests {
         out
     }
 
-    fn joined_frames(out: &[HomeOutput]) -> Vec<String> {
+    fn answer(out: &[HomeOutput]) -> &JoinAnswer {
         out.iter()
             .find_map(|o| match o {
-                HomeOutput::History(HistoryMsg::Relay {
-                    msg: Downstream::Reply(_, Reply::Joined { frames, .. }),
-                    ..
-                }) => Some(
-                    frames.iter().map(|f| String::from_utf8_lossy(&crate::ws::frame_payload(f)).into_owned()).collect(),
-                ),
+                HomeOutput::History(HistoryMsg::Join(a)) => Some(a),
                 _ => None,
             })
-            .expect("a joined reply")
+            .expect("a join answer")
+    }
+
+    fn event_seq(out: &[HomeOutput]) -> u64 {
+        match out.last() {
+            Some(HomeOutput::History(HistoryMsg::Event { record, .. })) => record.seq,
+            other => panic!("expected an event, got {other:?}"),
+        }
     }
 
     fn presence_events(out: &[HomeOutput]) -> usize {
@@ -395,69 +459,65 @@ mod tests {
             .count()
     }
 
+    fn mutation(target: u64, from: &str, op: MutationOp) -> HomeMsg {
+        HomeMsg::Mutate(Mutation {
+            room: "r".into(),
+            from: from.into(),
+            admin: false,
+            origin: conn(0, 9),
+            reference: None,
+            target,
+            op,
+        })
+    }
+
+    fn error_code(out: &[HomeOutput]) -> Option<String> {
+        out.iter().find_map(|o| match o {
+            HomeOutput::Shard(_, Downstream::Reply(_, Reply::Frame(f))) => {
+                let v: serde_json::Value = serde_json::from_slice(&crate::ws::frame_payload(f)).ok()?;
+                v["code"].as_str().map(String::from)
+            }
+            _ => None,
+        })
+    }
+
     #[test]
-    fn seq_counts_up_per_room_and_members_are_distinct_users() {
-        let mut h = HomeRooms::new(2, 1000);
+    fn seq_counts_up_per_room_and_continues_from_stored_seqs() {
+        let seqs = HashMap::from([(Arc::from("old"), 41)]);
+        let mut h = HomeRooms::new(0, 2, 1000, seqs);
         assert_eq!(presence_events(&join(&mut h, "r", "alice", conn(0, 1), None)), 1);
         assert_eq!(presence_events(&join(&mut h, "r", "alice", conn(1, 2), None)), 0, "second connection of alice");
-        let out = join(&mut h, "r", "bob", conn(1, 3), None);
-        assert!(joined_frames(&out)[0].contains(r#""members":2"#));
+        assert_eq!(answer(&join(&mut h, "r", "bob", conn(1, 3), None)).members, 2);
         for want in 1..=3 {
             let out = publish(&mut h, "r", "alice", Some(conn(0, 1)));
-            let HomeOutput::History(HistoryMsg::Event { record, shards, ack, .. }) = &out[0] else { panic!() };
-            assert_eq!(record.seq, want);
+            assert_eq!(event_seq(&out), want);
+            let HomeOutput::History(HistoryMsg::Event { shards, origin, .. }) = &out[0] else { panic!() };
             assert_eq!(shards.iter().collect::<Vec<_>>(), vec![0, 1]);
-            assert!(ack.is_some());
+            assert!(origin.is_some());
         }
-        let HomeOutput::History(HistoryMsg::Event { record, .. }) = &publish(&mut h, "other", "bob", None)[0] else {
-            panic!()
-        };
-        assert_eq!(record.seq, 1, "seq is per room");
+        assert_eq!(event_seq(&publish(&mut h, "old", "bob", None)), 42, "continues after a restart");
     }
 
     #[test]
-    fn resume_replays_exactly_the_missed_events() {
-        let mut h = HomeRooms::new(1, 1000);
-        join(&mut h, "r", "alice", conn(0, 1), None);
+    fn join_answers_carry_the_join_point_and_the_replay_asked_for() {
+        let mut h = HomeRooms::new(0, 1, 7, HashMap::new());
         for _ in 0..5 {
             publish(&mut h, "r", "alice", None);
         }
-        let frames = joined_frames(&join(&mut h, "r", "bob", conn(0, 2), Some(2)));
-        assert!(frames[0].contains(r#""seq":5"#) && !frames[0].contains("truncated"));
-        let seqs: Vec<bool> = (3..=5).map(|s| frames[s - 2].contains(&format!(r#""seq":{s}"#))).collect();
-        assert_eq!(frames.len(), 4);
-        assert_eq!(seqs, vec![true; 3]);
-        assert_eq!(joined_frames(&join(&mut h, "r", "carol", conn(0, 3), Some(5))).len(), 1);
-    }
-
-    #[test]
-    fn resume_past_the_cap_is_truncated() {
-        let mut h = HomeRooms::new(1, 2);
-        for _ in 0..5 {
-            publish(&mut h, "r", "alice", None);
-        }
-        let frames = joined_frames(&join(&mut h, "r", "bob", conn(0, 2), Some(0)));
-        assert!(frames[0].contains(r#""truncated":true"#));
-        assert_eq!(frames.len(), 3, "joined + the newest max_replay events");
-        assert!(frames[2].contains(r#""seq":5"#));
+        let out = join(&mut h, "r", "bob", conn(0, 2), Some(2));
+        assert_eq!(answer(&out).seq, 5);
+        assert_eq!(answer(&out).replay, Some(ReplayMode::Since { since: 2, max: 7 }));
+        assert_eq!(answer(&join(&mut h, "r", "carol", conn(0, 3), None)).replay, None);
     }
 
     #[test]
     fn leave_of_last_connection_emits_presence_and_frees_shard() {
-        let mut h = HomeRooms::new(2, 10);
+        let mut h = HomeRooms::new(0, 2, 10, HashMap::new());
         join(&mut h, "r", "alice", conn(1, 1), None);
         let mut out = vec![];
-        h.handle(
-            HomeMsg::Leave {
-                room: "r".into(),
-                conn: conn(1, 1),
-                user: "alice".into(),
-                reply: true,
-                reference: Some("x".into()),
-            },
-            0,
-            &mut out,
-        );
+        let leave =
+            HomeMsg::Leave { room: "r".into(), conn: conn(1, 1), user: "alice".into(), reply: true, reference: None };
+        h.handle(leave, 0, &mut out);
         assert_eq!(presence_events(&out), 1);
         let out = publish(&mut h, "r", "bob", None);
         let HomeOutput::History(HistoryMsg::Event { shards, .. }) = &out[0] else { panic!() };
@@ -467,11 +527,51 @@ mod tests {
 
     #[test]
     fn direct_rooms_reach_every_shard() {
-        let mut h = HomeRooms::new(3, 10);
+        let mut h = HomeRooms::new(0, 3, 10, HashMap::new());
         let out = publish(&mut h, "dm:alice:bob", "alice", Some(conn(0, 1)));
         let HomeOutput::History(HistoryMsg::Event { shards, delivery, .. }) = &out[0] else { panic!() };
         assert_eq!(shards.iter().count(), 3);
         assert!(matches!(&delivery.audience, Audience::Users(a, b) if &**a == "alice" && &**b == "bob"));
+    }
+
+    #[test]
+    fn mutations_wait_for_lookups_one_at_a_time_and_follow_the_rules() {
+        let mut h = HomeRooms::new(0, 1, 10, HashMap::new());
+        publish(&mut h, "r", "alice", None);
+        let mut out = vec![];
+        h.handle(mutation(5, "alice", MutationOp::Delete), 0, &mut out);
+        assert_eq!(error_code(&out).as_deref(), Some("not_found"), "beyond the last seq");
+        out.clear();
+        h.handle(mutation(1, "bob", MutationOp::Edit(RawValue::from_string("2".into()).unwrap())), 0, &mut out);
+        h.handle(mutation(1, "alice", MutationOp::Delete), 0, &mut out);
+        let lookups = out.iter().filter(|o| matches!(o, HomeOutput::History(HistoryMsg::Lookup { .. }))).count();
+        assert_eq!(lookups, 1, "the second mutation waits for the first");
+        let room: Arc<str> = "r".into();
+        let alice = TargetInfo { author: "alice".into(), deleted: false };
+        out.clear();
+        h.looked(&room, Ok(Some(alice.clone())), 0, &mut out);
+        assert_eq!(error_code(&out).as_deref(), Some("forbidden"), "bob may not edit alice's message");
+        assert!(matches!(out.last(), Some(HomeOutput::History(HistoryMsg::Lookup { target: 1, .. }))));
+        out.clear();
+        h.looked(&room, Ok(Some(alice)), 0, &mut out);
+        assert_eq!(event_seq(&out), 2, "alice deletes her own message");
+        out.clear();
+        h.handle(mutation(1, "carol", MutationOp::React { emoji: "x".into(), add: true }), 0, &mut out);
+        out.clear();
+        h.looked(&room, Ok(Some(TargetInfo { author: "alice".into(), deleted: true })), 0, &mut out);
+        assert_eq!(error_code(&out).as_deref(), Some("not_found"), "no reactions on deleted messages");
+    }
+
+    #[test]
+    fn rollback_reissues_seqs_that_were_not_stored() {
+        let mut h = HomeRooms::new(0, 1, 10, HashMap::new());
+        for _ in 0..3 {
+            publish(&mut h, "r", "a", None);
+        }
+        h.rollback("r", 1);
+        assert_eq!(event_seq(&publish(&mut h, "r", "a", None)), 2);
+        h.rollback("r", 5);
+        assert_eq!(event_seq(&publish(&mut h, "r", "a", None)), 3, "never moves forward");
     }
 
     #[test]
@@ -484,6 +584,10 @@ mod tests {
         assert_eq!(idx.members("r"), &[2]);
         idx.leave("r", 2);
         assert!(idx.members("r").is_empty());
+        idx.start_replay(&r, 3);
+        assert_eq!(idx.replaying("r"), &[3]);
+        idx.end_replay("r", 3);
+        assert!(idx.replaying("r").is_empty());
         idx.add_user(&r, 5);
         assert_eq!(idx.user_conns("r"), &[5]);
     }

@@ -1,6 +1,7 @@
 //! Startup and shutdown: prepares the data directory and keys, binds the listener, starts the
 //! shard, history, acceptor and signal threads, and waits for them. It holds no per-connection state.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -17,20 +18,25 @@ use socket2::{Domain, Socket, Type};
 
 use crate::acceptor::{self, Acceptor};
 use crate::auth::Verifier;
-use crate::bus::{self, AcceptorMsg, HistoryMsg, Inbox, ShardMsg};
+use crate::bus::{self, AcceptorMsg, HistoryMsg, Inbox, ReadRequest, ShardMsg};
 use crate::config::{Config, ConfigError};
+use crate::history::{Reader, Retention, Writer};
 use crate::metrics::ShardCounters;
 use crate::shard::{self, Shard, ShardSetup};
+use crate::store::{self, StoreError};
 use crate::{history, logging, sys};
 
 /// File descriptors kept back from connections (history database, admin socket, logs).
 const RESERVED_FDS: u64 = 64;
+/// Threads answering replays and history pages.
+const HISTORY_READERS: usize = 2;
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// What every thread shares: the queues between them and lock-free counters.
 pub struct Shared {
     pub shard_inboxes: Vec<Inbox<ShardMsg>>,
     pub history: Inbox<HistoryMsg>,
+    pub readers: Vec<Inbox<ReadRequest>>,
     pub acceptor: Inbox<AcceptorMsg>,
     pub counters: Vec<ShardCounters>,
     /// Open WebSocket connections on all shards, for `server.max_connections`.
@@ -59,6 +65,7 @@ pub struct Overrides {
 #[derive(Debug)]
 pub enum ServeError {
     Config(ConfigError),
+    Store(StoreError),
     DataDir { path: PathBuf, source: io::Error },
     Listen { addr: SocketAddr, source: io::Error },
     Setup(&'static str, io::Error),
@@ -69,6 +76,7 @@ impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServeError::Config(e) => write!(f, "{e}"),
+            ServeError::Store(e) => write!(f, "{e}"),
             ServeError::DataDir { path, source } => {
                 write!(f, "data directory {} is not usable: {source}", path.display())
             }
@@ -110,6 +118,13 @@ pub fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), S
         return Err(ServeError::TlsUnsupported);
     }
     check_data_dir_writable(&config)?;
+    let writer_conn =
+        store::open_writer(&config.history.path, config.history.synchronous).map_err(ServeError::Store)?;
+    let mut room_seqs = store::room_seqs(&writer_conn).map_err(ServeError::Store)?;
+    let reader_conns = (0..HISTORY_READERS)
+        .map(|_| store::open_reader(&config.history.path))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ServeError::Store)?;
     let fd_budget = open_file_budget(&config);
     let listener = bind(config.server.listen)?;
     let local_addr = listener.local_addr().map_err(|e| ServeError::Setup("read the listening address", e))?;
@@ -130,6 +145,7 @@ pub fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), S
     let shared = Arc::new(Shared {
         shard_inboxes,
         history: Inbox::with_parking(bus::HISTORY_INBOX),
+        readers: (0..HISTORY_READERS).map(|_| Inbox::with_parking(bus::READER_INBOX)).collect(),
         acceptor: Inbox::with_waker(bus::ACCEPTOR_INBOX, acceptor_waker),
         counters: (0..shard_count).map(|_| ShardCounters::default()).collect(),
         ws_connections: AtomicUsize::new(0),
@@ -141,14 +157,31 @@ pub fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), S
 
     let config = Arc::new(config);
     let verifier = Arc::new(Verifier::new(&config.auth));
-    let history = spawn("roomcast-history", {
-        let shared = shared.clone();
-        move || history::run(shared)
+    let retention = Retention { per_room: config.history.retention_per_room, days: config.history.retention_days };
+    let writer = Writer::new(writer_conn, shared.clone(), retention);
+    let history = spawn("roomcast-history", move || writer.run())?;
+    let mut readers = Vec::with_capacity(HISTORY_READERS);
+    for (index, conn) in reader_conns.into_iter().enumerate() {
+        let reader = Reader::new(conn, shared.clone(), index);
+        readers.push(spawn(&format!("roomcast-reader-{index}"), move || reader.run())?);
+    }
+    let checkpoint_stop = Arc::new(AtomicBool::new(false));
+    let checkpointer = spawn("roomcast-checkpoint", {
+        let (path, stop) = (config.history.path.clone(), checkpoint_stop.clone());
+        move || history::run_checkpointer(path, stop)
     })?;
     let mut shards = Vec::with_capacity(shard_count);
     for (index, poll) in shard_polls.into_iter().enumerate() {
-        let setup =
-            ShardSetup { index, poll, shared: shared.clone(), config: config.clone(), verifier: verifier.clone() };
+        let mine: HashMap<Arc<str>, u64> =
+            room_seqs.extract_if(|room, _| bus::home_shard(room, shard_count) == index).collect();
+        let setup = ShardSetup {
+            index,
+            poll,
+            shared: shared.clone(),
+            config: config.clone(),
+            verifier: verifier.clone(),
+            room_seqs: mine,
+        };
         shards.push(spawn(&format!("roomcast-shard-{index}"), move || Shard::new(setup).run())?);
     }
     let acceptor =
@@ -173,6 +206,14 @@ pub fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), S
     push_until_taken(&shared.acceptor, AcceptorMsg::Shutdown);
     shared.acceptor.wake();
     let _ = history.join();
+    for (inbox, reader) in shared.readers.iter().zip(readers) {
+        push_until_taken(inbox, ReadRequest::Shutdown);
+        inbox.wake();
+        let _ = reader.join();
+    }
+    checkpoint_stop.store(true, Ordering::Release);
+    checkpointer.thread().unpark();
+    let _ = checkpointer.join();
     let _ = acceptor.join();
     signal_handle.close();
     let _ = signal_thread.join();

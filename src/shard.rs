@@ -16,14 +16,14 @@ use slab::Slab;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
-use crate::auth::{Identity, RoomAccess, Verifier};
+use crate::auth::{Identity, Role, RoomAccess, Verifier};
 use crate::bus::{
-    self, AcceptorMsg, Audience, ConnRef, Delivery, Downstream, Exclude, HistoryMsg, HomeMsg, JoinRequest, Outbox,
-    Publish, Reply, ShardMsg, StatsPart,
+    self, AcceptorMsg, Audience, ConnRef, Delivery, Downstream, Exclude, HistoryMsg, HomeMsg, JoinRequest, Mutation,
+    MutationOp, Outbox, Publish, ReadRequest, Reply, ShardMsg, StatsPart,
 };
 use crate::config::Config;
 use crate::conn::{
-    CLOSE_GRACE_MS, Connection, Ended, Membership, Phase, ReadOutcome, Session, TimerAction, TokenBucket,
+    CLOSE_GRACE_MS, Connection, Ended, JoinState, Membership, Phase, ReadOutcome, Session, TimerAction, TokenBucket,
 };
 use crate::http::{self, Decision, Endpoint, Failure, RouteEnv};
 use crate::metrics::ShardCounters;
@@ -50,6 +50,8 @@ pub struct ShardSetup {
     pub shared: Arc<Shared>,
     pub config: Arc<Config>,
     pub verifier: Arc<Verifier>,
+    /// Last stored seq of each room homed on this shard.
+    pub room_seqs: HashMap<Arc<str>, u64>,
 }
 
 pub struct Shard {
@@ -70,6 +72,8 @@ pub struct Shard {
     /// Per destination shard (our own slot stays empty: we use `local_down`).
     outboxes: Vec<Outbox<ShardMsg>>,
     history_out: Outbox<HistoryMsg>,
+    reader_out: Vec<Outbox<ReadRequest>>,
+    next_reader: usize,
     acceptor_out: Outbox<AcceptorMsg>,
     /// Downstream messages our own home role produced for our own connections.
     local_down: VecDeque<Downstream>,
@@ -100,10 +104,11 @@ impl Shard {
     pub fn new(setup: ShardSetup) -> Shard {
         let clock = Clock::new();
         let shard_count = setup.shared.shard_count();
+        let reader_count = setup.shared.readers.len();
         Shard {
             index: setup.index,
             poll: setup.poll,
-            home: HomeRooms::new(shard_count, setup.config.history.max_replay),
+            home: HomeRooms::new(setup.index, shard_count, setup.config.history.max_replay, setup.room_seqs),
             shared: setup.shared,
             config: setup.config,
             verifier: setup.verifier,
@@ -117,6 +122,8 @@ impl Shard {
             local: LocalIndex::default(),
             outboxes: (0..shard_count).map(|_| Outbox::default()).collect(),
             history_out: Outbox::default(),
+            reader_out: (0..reader_count).map(|_| Outbox::default()).collect(),
+            next_reader: 0,
             acceptor_out: Outbox::default(),
             local_down: VecDeque::new(),
             dirty: Vec::new(),
@@ -175,6 +182,7 @@ impl Shard {
         }
         let waiting = !self.history_out.is_empty()
             || !self.acceptor_out.is_empty()
+            || self.reader_out.iter().any(|o| !o.is_empty())
             || self.outboxes.iter().any(|o| !o.is_empty());
         let timer = self.wheel.next_timeout(self.clock.now());
         match (waiting, timer) {
@@ -205,6 +213,9 @@ impl Shard {
             Phase::Open(_) => self.on_ws_readable(key, now),
             Phase::Closing(_) => {
                 conn.read_closing(&mut self.scratch);
+                if !conn.out.is_empty() {
+                    mark_dirty(conn, key, &mut self.dirty);
+                }
                 if conn.is_finished() {
                     self.destroy(key);
                 }
@@ -349,6 +360,10 @@ impl Shard {
         let mut msgs = std::mem::take(&mut self.msgs);
         let outcome = conn.read_messages(&mut self.scratch, now, &mut msgs);
         self.scratch.clear();
+        // tungstenite answers pings (and closes) on its own, into our queue.
+        if !conn.out.is_empty() {
+            mark_dirty(conn, key, &mut self.dirty);
+        }
         for msg in msgs.drain(..) {
             if !self.conns.get(key as usize).is_some_and(|c| matches!(c.phase, Phase::Open(_))) {
                 break;
@@ -361,7 +376,7 @@ impl Shard {
             ReadOutcome::Drained { more: false } => {}
             ReadOutcome::PeerClosed => {
                 let conn = &mut self.conns[key as usize];
-                if let Some(ended) = conn.finish_after_peer_close(now) {
+                if let Some(ended) = conn.finish_after_peer_close(now, &mut self.scratch) {
                     mark_dirty(conn, key, &mut self.dirty);
                     self.retire(key, ended);
                     self.schedule(key, now + CLOSE_GRACE_MS);
@@ -472,8 +487,22 @@ impl Shard {
                 self.send_home(&room, msg, now);
                 Ok(())
             }
-            Request::Edit { .. } | Request::Delete { .. } | Request::React { .. } | Request::History { .. } => {
-                Err(Rejection::new(ErrorCode::Internal, "not available in this build"))
+            Request::Edit { room, target, body } => {
+                self.check_body(body)?;
+                self.mutate(key, reference, &room, target, MutationOp::Edit(body.to_owned()))
+            }
+            Request::Delete { room, target } => self.mutate(key, reference, &room, target, MutationOp::Delete),
+            Request::React { room, target, emoji, add } => {
+                self.mutate(key, reference, &room, target, MutationOp::React { emoji: emoji.as_ref().into(), add })
+            }
+            Request::History { room, before, after, limit } => {
+                self.check_access(key, &room)?;
+                let conn = self.conn_ref(key, self.conns[key as usize].generation);
+                let reference = reference.map(Into::into);
+                let request =
+                    ReadRequest::History { conn, room: room.as_ref().into(), reference, before, after, limit };
+                self.send_reader(request);
+                Ok(())
             }
         }
     }
@@ -567,7 +596,7 @@ impl Shard {
             }
             None => {
                 let room: Arc<str> = room.into();
-                session.rooms.push(Membership { room: room.clone(), joined: false });
+                session.rooms.push(Membership { room: room.clone(), state: JoinState::Requested });
                 room
             }
         };
@@ -593,9 +622,7 @@ impl Shard {
             return Err(Rejection::new(ErrorCode::NotInRoom, "not in that room"));
         };
         let membership = session.rooms.swap_remove(i);
-        if membership.joined {
-            self.local.leave(&membership.room, key);
-        }
+        self.forget_membership(&membership, key);
         let conn = self.conn_ref(key, generation);
         let msg = HomeMsg::Leave {
             room: membership.room.clone(),
@@ -608,6 +635,44 @@ impl Shard {
         Ok(())
     }
 
+    fn check_body(&self, body: &RawValue) -> Result<(), Rejection> {
+        let max_body = self.config.limits.max_body_bytes;
+        if body.get().len() > max_body {
+            return Err(Rejection::new(ErrorCode::TooLarge, format!("body larger than {max_body} bytes")));
+        }
+        Ok(())
+    }
+
+    fn mutate(
+        &mut self,
+        key: u32,
+        reference: Option<&str>,
+        room: &str,
+        target: u64,
+        op: MutationOp,
+    ) -> Result<(), Rejection> {
+        let room = self.joined_room(key, room)?;
+        self.check_capacity(&room)?;
+        let identity = self.identity_of(key)?;
+        let mutation = Mutation {
+            room: room.clone(),
+            from: identity.user.clone(),
+            admin: identity.role == Role::Admin,
+            origin: self.conn_ref(key, self.conns[key as usize].generation),
+            reference: reference.map(Into::into),
+            target,
+            op,
+        };
+        self.send_home(&room, HomeMsg::Mutate(mutation), 0);
+        Ok(())
+    }
+
+    fn send_reader(&mut self, request: ReadRequest) {
+        let reader = self.next_reader;
+        self.next_reader = (self.next_reader + 1) % self.reader_out.len();
+        self.reader_out[reader].push(request);
+    }
+
     fn publish(
         &mut self,
         key: u32,
@@ -616,10 +681,7 @@ impl Shard {
         body: &RawValue,
         reply_to: Option<u64>,
     ) -> Result<(), Rejection> {
-        let max_body = self.config.limits.max_body_bytes;
-        if body.get().len() > max_body {
-            return Err(Rejection::new(ErrorCode::TooLarge, format!("body larger than {max_body} bytes")));
-        }
+        self.check_body(body)?;
         self.check_capacity(&room)?;
         let identity = self.identity_of(key)?;
         let publish = Publish {
@@ -659,6 +721,11 @@ impl Shard {
     fn handle_home(&mut self, msg: HomeMsg) {
         let mut out = std::mem::take(&mut self.home_out);
         self.home.handle(msg, unix_millis(), &mut out);
+        self.route_home_output(&mut out);
+        self.home_out = out;
+    }
+
+    fn route_home_output(&mut self, out: &mut Vec<HomeOutput>) {
         for output in out.drain(..) {
             match output {
                 HomeOutput::History(msg) => self.history_out.push(msg),
@@ -666,7 +733,6 @@ impl Shard {
                 HomeOutput::Shard(shard, down) => self.outboxes[shard].push(ShardMsg::Down(down)),
             }
         }
-        self.home_out = out;
     }
 
     fn drain_inbox(&mut self, now: Millis) {
@@ -693,6 +759,13 @@ impl Shard {
                 self.outboxes[from as usize].push(ShardMsg::StatsPart { id, part });
             }
             ShardMsg::StatsPart { id, part } => self.on_stats_part(id, part, now),
+            ShardMsg::Looked { room, target: _, info } => {
+                let mut out = std::mem::take(&mut self.home_out);
+                self.home.looked(&room, info, unix_millis(), &mut out);
+                self.route_home_output(&mut out);
+                self.home_out = out;
+            }
+            ShardMsg::Rollback { room, last_seq } => self.home.rollback(&room, last_seq),
             ShardMsg::Reload { config, verifier } => self.reload(config, verifier),
             ShardMsg::Shutdown => self.begin_shutdown(now),
         }
@@ -739,32 +812,61 @@ impl Shard {
         }
         match reply {
             Reply::Frame(frame) => self.send(key, frame),
-            Reply::Joined { room, frames } => {
-                let Some(session) = conn.session_mut() else { return };
-                // Left (or closed) before the answer came: the home shard has seen the leave too.
-                let Some(m) = session.rooms.iter_mut().find(|m| m.room == room) else { return };
-                if !m.joined {
-                    m.joined = true;
-                    self.local.join(&m.room, key);
+            Reply::JoinStart { room } => {
+                let Some(m) = conn.session_mut().and_then(|s| s.rooms.iter_mut().find(|m| m.room == room)) else {
+                    return;
+                };
+                if matches!(m.state, JoinState::Requested) {
+                    m.state = JoinState::Replaying { held: Vec::new(), held_bytes: 0 };
+                    self.local.start_replay(&m.room, key);
                 }
-                for frame in frames {
+            }
+            Reply::Joined { room, frames } => {
+                // Left (or closed) before the answer came: the home shard has seen the leave too.
+                let Some(m) = conn.session_mut().and_then(|s| s.rooms.iter_mut().find(|m| m.room == room)) else {
+                    return;
+                };
+                let held = match std::mem::replace(&mut m.state, JoinState::Joined) {
+                    JoinState::Requested => Vec::new(),
+                    JoinState::Replaying { held, held_bytes } => {
+                        self.local.end_replay(&m.room, key);
+                        if held_bytes > self.config.limits.max_outbound_bytes {
+                            // Fell too far behind while the replay was read: resume again later.
+                            self.to_close.push((key, to.generation, CloseCode::Again, "slow consumer"));
+                            return;
+                        }
+                        held
+                    }
+                    // A repeated join of a joined room: answer it, change nothing.
+                    JoinState::Joined => {
+                        for frame in frames {
+                            self.send(key, frame);
+                        }
+                        return;
+                    }
+                };
+                self.local.join(&m.room, key);
+                for frame in frames.into_iter().chain(held) {
                     self.send(key, frame);
                 }
             }
         }
     }
 
-    /// Fan-out: the one frame, shared by reference, queued for every local recipient.
+    /// Fan-out: the one frame, shared by reference, queued for every local recipient (or held
+    /// for a recipient whose join of the room is still replaying history).
     fn deliver(&mut self, d: &Delivery) {
         let me = self.index as u16;
         let max_out = self.config.limits.max_outbound_bytes;
-        let (first, second): (&[u32], &[u32]) = match &d.audience {
-            Audience::Room => (self.local.members(&d.room), &[]),
-            Audience::Users(a, b) if a == b => (self.local.user_conns(a), &[]),
+        let (members, others): (&[u32], &[u32]) = match &d.audience {
+            Audience::Room => (self.local.members(&d.room), self.local.replaying(&d.room)),
+            Audience::Users(a, b) if a == b => (&[], self.local.user_conns(a)),
             Audience::Users(a, b) => (self.local.user_conns(a), self.local.user_conns(b)),
         };
+        // Room members are never replaying; everyone else may be.
+        let may_replay = |i: usize| i >= members.len() || !matches!(d.audience, Audience::Room);
         let mut delivered = 0;
-        for &key in first.iter().chain(second) {
+        for (i, &key) in members.iter().chain(others).enumerate() {
             let Some(conn) = self.conns.get_mut(key as usize) else { continue };
             let excluded = match &d.exclude {
                 Exclude::Nobody => false,
@@ -775,6 +877,9 @@ impl Shard {
                 continue;
             }
             delivered += 1;
+            if may_replay(i) && hold_for_replay(conn, &d.room, &d.frame, max_out) {
+                continue;
+            }
             queue_frame(conn, key, d.frame.clone(), max_out, &mut self.dirty, &mut self.to_close);
         }
         self.counters().messages_out.add(delivered);
@@ -826,9 +931,7 @@ impl Shard {
         let generation = self.conns.get(key as usize).map_or(0, |c| c.generation);
         let conn = self.conn_ref(key, generation);
         for m in ended.rooms {
-            if m.joined {
-                self.local.leave(&m.room, key);
-            }
+            self.forget_membership(&m, key);
             let msg = HomeMsg::Leave {
                 room: m.room.clone(),
                 conn,
@@ -839,6 +942,15 @@ impl Shard {
             self.send_home(&m.room, msg, 0);
         }
         self.send_user_home(ShardMsg::UserOffline(identity.user));
+    }
+
+    /// Removes a connection's membership from the local index.
+    fn forget_membership(&mut self, m: &Membership, key: u32) {
+        match m.state {
+            JoinState::Joined => self.local.leave(&m.room, key),
+            JoinState::Replaying { .. } => self.local.end_replay(&m.room, key),
+            JoinState::Requested => {}
+        }
     }
 
     /// Drops a connection now: socket closed, slot freed, the acceptor told.
@@ -905,6 +1017,9 @@ impl Shard {
             outbox.flush(&shared.shard_inboxes[shard]);
         }
         self.history_out.flush(&shared.history);
+        for (outbox, inbox) in self.reader_out.iter_mut().zip(&shared.readers) {
+            outbox.flush(inbox);
+        }
         self.acceptor_out.flush(&shared.acceptor);
     }
 
@@ -986,6 +1101,20 @@ impl Shard {
         })
         .to_string()
     }
+}
+
+/// Holds `frame` when `conn` is replaying `room`'s history; returns false when it is not.
+/// Held bytes count against the outbound cap: past it nothing more is kept, and the
+/// connection is closed with 1013 when its join lands.
+fn hold_for_replay(conn: &mut Connection, room: &str, frame: &Bytes, max_out: usize) -> bool {
+    let Some(session) = conn.session_mut() else { return false };
+    let Some(m) = session.rooms.iter_mut().find(|m| &*m.room == room) else { return false };
+    let JoinState::Replaying { held, held_bytes } = &mut m.state else { return false };
+    if *held_bytes <= max_out {
+        held.push(frame.clone());
+    }
+    *held_bytes += frame.len();
+    true
 }
 
 /// Queues `frame` on `conn`, listing it for this turn's flush; a connection whose backlog

@@ -1,0 +1,583 @@
+//! The SQLite history database: schema and migrations, appending events together with the
+//! folded state of their messages, and the reads that replay and history pages need.
+//! Plain synchronous calls: it knows no threads or queues, and it never runs on a shard.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+
+use crate::bus::{EventKind, EventRecord, TargetInfo};
+use crate::config::Synchronous;
+use crate::ws;
+
+/// Marks a file as roomcast's ("RCAS"), so a foreign SQLite database is never written to.
+const APPLICATION_ID: i32 = 0x5243_4153;
+/// Ordered schema migrations; `user_version` is how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: the event log, the folded messages, reactions, and each room's high-water seq
+    // (kept in the same transactions as the events, so pruning never lets a seq be reused).
+    "CREATE TABLE events (
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        author TEXT NOT NULL,
+        target INTEGER,
+        json TEXT NOT NULL,
+        PRIMARY KEY (room, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE messages (
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        author TEXT NOT NULL,
+        name TEXT,
+        ts INTEGER NOT NULL,
+        body TEXT,
+        reply_to INTEGER,
+        edited_ts INTEGER,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (room, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE reactions (
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        emoji TEXT NOT NULL,
+        user TEXT NOT NULL,
+        UNIQUE (room, seq, emoji, user)
+    );
+    CREATE TABLE rooms (
+        room TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+];
+
+const KIND_MESSAGE: i64 = 0;
+const KIND_EDITED: i64 = 1;
+const KIND_DELETED: i64 = 2;
+const KIND_REACTION_ADD: i64 = 3;
+const KIND_REACTION_REMOVE: i64 = 4;
+
+/// How long a reader waits on a lock before reporting busy (the writer's commits are short).
+const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub enum StoreError {
+    Open { path: PathBuf, source: rusqlite::Error },
+    NotOurs { path: PathBuf },
+    TooNew { path: PathBuf, version: i64 },
+    Sql(rusqlite::Error),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Open { path, source } => {
+                write!(f, "cannot open history database {}: {source}", path.display())
+            }
+            StoreError::NotOurs { path } => write!(
+                f,
+                "{} is not a roomcast history database (it belongs to another application); point history.path elsewhere",
+                path.display()
+            ),
+            StoreError::TooNew { path, version } => write!(
+                f,
+                "{} has schema version {version}, newer than this roomcast understands ({}); upgrade roomcast",
+                path.display(),
+                MIGRATIONS.len()
+            ),
+            StoreError::Sql(e) => write!(f, "history database error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sql(e)
+    }
+}
+
+/// Opens (creating and migrating if needed) the database for writing.
+pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+    let sync = match synchronous {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    // Checkpoints run on their own thread so they never stall a commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let app_id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    let ours = app_id == APPLICATION_ID || (app_id == 0 && tables == 0);
+    if !ours {
+        return Err(StoreError::NotOurs { path: path.to_path_buf() });
+    }
+    if version > MIGRATIONS.len() as i64 {
+        return Err(StoreError::TooNew { path: path.to_path_buf(), version });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        log::info!("history database {}: migrated to schema version {}", path.display(), i + 1);
+    }
+    Ok(())
+}
+
+/// Every room's last seq: where each room continues after a restart.
+pub fn room_seqs(conn: &Connection) -> Result<HashMap<Arc<str>, u64>, StoreError> {
+    let mut stmt = conn.prepare("SELECT room, last_seq FROM rooms")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut seqs = HashMap::new();
+    for row in rows {
+        let (room, seq) = row?;
+        seqs.insert(Arc::from(room), seq as u64);
+    }
+    Ok(seqs)
+}
+
+/// One writer transaction: events appended and targets looked up see each other in order.
+pub struct Batch<'c> {
+    tx: Transaction<'c>,
+    /// Highest seq appended per room, written to `rooms` on commit.
+    high: HashMap<Arc<str>, u64>,
+}
+
+impl<'c> Batch<'c> {
+    pub fn begin(conn: &'c mut Connection) -> rusqlite::Result<Batch<'c>> {
+        Ok(Batch { tx: conn.transaction()?, high: HashMap::new() })
+    }
+
+    pub fn append(&mut self, e: &EventRecord) -> rusqlite::Result<()> {
+        let json = std::str::from_utf8(&ws::frame_payload(&e.frame)).unwrap_or_default().to_string();
+        let (seq, ts) = (e.seq as i64, e.ts as i64);
+        let (kind, target) = match &e.kind {
+            EventKind::Message { .. } => (KIND_MESSAGE, None),
+            EventKind::Edited { target, .. } => (KIND_EDITED, Some(*target as i64)),
+            EventKind::Deleted { target } => (KIND_DELETED, Some(*target as i64)),
+            EventKind::Reaction { target, add: true, .. } => (KIND_REACTION_ADD, Some(*target as i64)),
+            EventKind::Reaction { target, add: false, .. } => (KIND_REACTION_REMOVE, Some(*target as i64)),
+        };
+        let room = &*e.room;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO events (room, seq, ts, kind, author, target, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![room, seq, ts, kind, &*e.from, target, json])?;
+        match &e.kind {
+            EventKind::Message { name, body, reply_to } => {
+                self.tx
+                    .prepare_cached(
+                        "INSERT INTO messages (room, seq, author, name, ts, body, reply_to) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![room, seq, &*e.from, name.as_deref(), ts, body.get(), reply_to.map(|r| r as i64)])?;
+            }
+            EventKind::Edited { target, body } => {
+                self.tx
+                    .prepare_cached(
+                        "UPDATE messages SET body = ?3, edited_ts = ?4 WHERE room = ?1 AND seq = ?2 AND deleted = 0",
+                    )?
+                    .execute(params![room, *target as i64, body.get(), ts])?;
+            }
+            EventKind::Deleted { target } => {
+                self.tx
+                    .prepare_cached("UPDATE messages SET body = NULL, deleted = 1 WHERE room = ?1 AND seq = ?2")?
+                    .execute(params![room, *target as i64])?;
+                self.tx
+                    .prepare_cached("DELETE FROM reactions WHERE room = ?1 AND seq = ?2")?
+                    .execute(params![room, *target as i64])?;
+            }
+            EventKind::Reaction { target, emoji, add: true } => {
+                self.tx
+                    .prepare_cached("INSERT OR IGNORE INTO reactions (room, seq, emoji, user) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![room, *target as i64, &**emoji, &*e.from])?;
+            }
+            EventKind::Reaction { target, emoji, add: false } => {
+                self.tx
+                    .prepare_cached("DELETE FROM reactions WHERE room = ?1 AND seq = ?2 AND emoji = ?3 AND user = ?4")?
+                    .execute(params![room, *target as i64, &**emoji, &*e.from])?;
+            }
+        }
+        let high = self.high.entry(e.room.clone()).or_insert(e.seq);
+        *high = (*high).max(e.seq);
+        Ok(())
+    }
+
+    /// The stored message at `seq`, if there is one (events earlier in this batch included).
+    pub fn target(&self, room: &str, seq: u64) -> rusqlite::Result<Option<TargetInfo>> {
+        self.tx
+            .prepare_cached("SELECT author, deleted FROM messages WHERE room = ?1 AND seq = ?2")?
+            .query_row(params![room, seq as i64], |r| {
+                Ok(TargetInfo { author: r.get::<_, String>(0)?.into(), deleted: r.get::<_, i64>(1)? != 0 })
+            })
+            .optional()
+    }
+
+    pub fn commit(self) -> rusqlite::Result<()> {
+        {
+            let mut upsert = self.tx.prepare_cached(
+                "INSERT INTO rooms (room, last_seq) VALUES (?1, ?2)
+                 ON CONFLICT (room) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+            )?;
+            for (room, seq) in &self.high {
+                upsert.execute(params![&**room, *seq as i64])?;
+            }
+        }
+        self.tx.commit()
+    }
+}
+
+/// Opens a read-only connection for a reader thread.
+pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+    conn.busy_timeout(READER_BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// Stored event JSON for `since < seq <= upto`, at most `max` (the newest), oldest first, and
+/// whether some of that range is missing (over `max`, or pruned by retention).
+pub fn replay(
+    conn: &Connection,
+    room: &str,
+    since: u64,
+    upto: u64,
+    max: usize,
+) -> rusqlite::Result<(Vec<String>, bool)> {
+    if since >= upto {
+        return Ok((Vec::new(), false));
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT json FROM events WHERE room = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq DESC LIMIT ?4",
+    )?;
+    let mut events: Vec<String> = stmt
+        .query_map(params![room, since as i64, upto as i64, max as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    events.reverse();
+    let truncated = (events.len() as u64) < upto - since;
+    Ok((events, truncated))
+}
+
+/// The newest `n` message events up to `upto`, oldest first.
+pub fn last_messages(conn: &Connection, room: &str, n: u64, upto: u64) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT json FROM events WHERE room = ?1 AND seq <= ?2 AND kind = 0 ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let mut events: Vec<String> =
+        stmt.query_map(params![room, upto as i64, n as i64], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    events.reverse();
+    Ok(events)
+}
+
+/// One message as a history page lists it: with later edits, deletes and reactions folded in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub seq: u64,
+    pub from: String,
+    pub name: Option<String>,
+    /// Raw JSON; `None` once deleted.
+    pub body: Option<String>,
+    pub reply_to: Option<u64>,
+    pub ts: u64,
+    pub edited_ts: Option<u64>,
+    pub deleted: bool,
+    /// Emoji and the users who reacted with it, in the order they did.
+    pub reactions: Vec<(String, Vec<String>)>,
+}
+
+/// A page of history: `before` / `after` are exclusive seq bounds; with `after` the page starts
+/// there and pages forward, otherwise it ends at `before` (or the newest) and pages backward.
+/// Returns the page in ascending seq and whether more messages lie in the paging direction.
+pub fn history(
+    conn: &Connection,
+    room: &str,
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: u64,
+) -> rusqlite::Result<(Vec<HistoryEntry>, bool)> {
+    let upper = before.map_or(i64::MAX, |b| b as i64);
+    let forward = after.is_some();
+    let sql = if forward {
+        "SELECT seq, author, name, body, reply_to, ts, edited_ts, deleted FROM messages
+         WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4"
+    } else {
+        "SELECT seq, author, name, body, reply_to, ts, edited_ts, deleted FROM messages
+         WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
+    };
+    let lower = after.map_or(0, |a| a as i64);
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut page: Vec<HistoryEntry> = stmt
+        .query_map(params![room, lower, upper, (limit + 1) as i64], |r| {
+            Ok(HistoryEntry {
+                seq: r.get::<_, i64>(0)? as u64,
+                from: r.get(1)?,
+                name: r.get(2)?,
+                body: r.get(3)?,
+                reply_to: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                ts: r.get::<_, i64>(5)? as u64,
+                edited_ts: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                deleted: r.get::<_, i64>(7)? != 0,
+                reactions: Vec::new(),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let more = page.len() as u64 > limit;
+    page.truncate(limit as usize);
+    if !forward {
+        page.reverse();
+    }
+    attach_reactions(conn, room, &mut page)?;
+    Ok((page, more))
+}
+
+fn attach_reactions(conn: &Connection, room: &str, page: &mut [HistoryEntry]) -> rusqlite::Result<()> {
+    let (Some(first), Some(last)) = (page.first().map(|e| e.seq), page.last().map(|e| e.seq)) else {
+        return Ok(());
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, emoji, user FROM reactions WHERE room = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq, rowid",
+    )?;
+    let rows = stmt.query_map(params![room, first as i64, last as i64], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+    })?;
+    for row in rows {
+        let (seq, emoji, user) = row?;
+        let Ok(i) = page.binary_search_by_key(&seq, |e| e.seq) else { continue };
+        let reactions = &mut page[i].reactions;
+        match reactions.iter_mut().find(|(e, _)| *e == emoji) {
+            Some((_, users)) => users.push(user),
+            None => reactions.push((emoji, vec![user])),
+        }
+    }
+    Ok(())
+}
+
+/// Rooms one pruning step looks at.
+const PRUNE_ROOMS_PER_STEP: i64 = 64;
+
+/// Where pruning goes on from: rooms are visited in name order, a few per step.
+#[derive(Debug, Default)]
+pub struct PruneCursor {
+    after_room: String,
+}
+
+/// One small pruning step: looks at the next few rooms after the cursor and removes up to
+/// `limit` of their oldest events (with their folded messages) that retention no longer keeps.
+/// Returns the events removed and whether the pass over all rooms is complete.
+pub fn prune_step(
+    conn: &mut Connection,
+    cursor: &mut PruneCursor,
+    keep_per_room: u64,
+    older_than_ms: Option<u64>,
+    limit: u64,
+) -> rusqlite::Result<(u64, bool)> {
+    let tx = conn.transaction()?;
+    let mut removed = 0;
+    let rooms: Vec<(String, i64)> = tx
+        .prepare_cached("SELECT room, last_seq FROM rooms WHERE room > ?1 ORDER BY room LIMIT ?2")?
+        .query_map(params![cursor.after_room, PRUNE_ROOMS_PER_STEP], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let pass_done = (rooms.len() as i64) < PRUNE_ROOMS_PER_STEP;
+    let mut rooms_finished = true;
+    for (room, last_seq) in rooms {
+        let (n, finished) = prune_room(&tx, &room, last_seq, keep_per_room, older_than_ms, limit - removed)?;
+        removed += n;
+        if !finished {
+            rooms_finished = false;
+            break;
+        }
+        cursor.after_room = room;
+    }
+    tx.commit()?;
+    let done = pass_done && rooms_finished;
+    if done {
+        cursor.after_room.clear();
+    }
+    Ok((removed, done))
+}
+
+/// Removes up to `budget` of one room's events that retention no longer keeps; returns how
+/// many went and whether the room is now within retention.
+fn prune_room(
+    tx: &Transaction,
+    room: &str,
+    last_seq: i64,
+    keep_per_room: u64,
+    older_than_ms: Option<u64>,
+    budget: u64,
+) -> rusqlite::Result<(u64, bool)> {
+    let mut cutoff = 0i64;
+    if keep_per_room > 0 {
+        cutoff = cutoff.max(last_seq - keep_per_room as i64);
+    }
+    let older_than = older_than_ms.map(|ms| ms.min(i64::MAX as u64) as i64);
+    if let Some(ms) = older_than {
+        // ts grows with seq, so the old events are the first ones: look at no more than a step's worth.
+        let newest_old: Option<i64> = tx
+            .prepare_cached(
+                "SELECT max(seq) FROM (SELECT seq, ts FROM events WHERE room = ?1 ORDER BY seq LIMIT ?3) WHERE ts < ?2",
+            )?
+            .query_row(params![room, ms, budget.max(1) as i64], |r| r.get(0))?;
+        cutoff = cutoff.max(newest_old.unwrap_or(0));
+    }
+    let oldest: Option<i64> =
+        tx.prepare_cached("SELECT min(seq) FROM events WHERE room = ?1")?.query_row([room], |r| r.get(0))?;
+    let Some(oldest) = oldest.filter(|o| *o <= cutoff) else { return Ok((0, true)) };
+    if budget == 0 {
+        return Ok((0, false));
+    }
+    // Seqs are gap-free, so a seq range of `budget` holds at most `budget` events.
+    let upto = cutoff.min(oldest + budget as i64 - 1);
+    let n = tx.prepare_cached("DELETE FROM events WHERE room = ?1 AND seq <= ?2")?.execute(params![room, upto])?;
+    tx.prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?.execute(params![room, upto])?;
+    tx.prepare_cached("DELETE FROM reactions WHERE room = ?1 AND seq <= ?2")?.execute(params![room, upto])?;
+    let still_old: Option<i64> = match older_than {
+        Some(ms) => tx
+            .prepare_cached("SELECT ts FROM events WHERE room = ?1 ORDER BY seq LIMIT 1")?
+            .query_row([room], |r| r.get(0))
+            .optional()?
+            .filter(|ts: &i64| *ts < ms),
+        None => None,
+    };
+    Ok((n as u64, upto == cutoff && still_old.is_none()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::EventKind;
+    use crate::protocol::ServerFrame;
+    use serde_json::value::RawValue;
+
+    fn temp_db(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("roomcast-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("h.db")
+    }
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.into()).unwrap()
+    }
+
+    fn record(room: &str, seq: u64, from: &str, kind: EventKind) -> EventRecord {
+        let body = raw(r#""x""#);
+        let frame =
+            ServerFrame::Message { room, seq, from, name: None, body: &body, reply_to: None, ts: seq * 10 }.to_frame();
+        EventRecord { room: room.into(), seq, ts: seq * 10, from: from.into(), kind, frame }
+    }
+
+    fn message(room: &str, seq: u64, from: &str, body: &str) -> EventRecord {
+        record(room, seq, from, EventKind::Message { name: None, body: raw(body), reply_to: None })
+    }
+
+    #[test]
+    fn append_fold_and_page() {
+        let path = temp_db("fold");
+        let mut w = open_writer(&path, Synchronous::Normal).unwrap();
+        let mut b = Batch::begin(&mut w).unwrap();
+        for seq in 1..=5 {
+            b.append(&message("r", seq, "alice", &format!("{seq}"))).unwrap();
+        }
+        b.append(&record("r", 6, "alice", EventKind::Edited { target: 2, body: raw(r#""two""#) })).unwrap();
+        b.append(&record("r", 7, "bob", EventKind::Reaction { target: 3, emoji: "👍".into(), add: true })).unwrap();
+        b.append(&record("r", 8, "carol", EventKind::Reaction { target: 3, emoji: "👍".into(), add: true })).unwrap();
+        b.append(&record("r", 9, "bob", EventKind::Reaction { target: 3, emoji: "👍".into(), add: true })).unwrap();
+        b.append(&record("r", 10, "alice", EventKind::Deleted { target: 4 })).unwrap();
+        assert_eq!(b.target("r", 4).unwrap(), Some(TargetInfo { author: "alice".into(), deleted: true }));
+        assert_eq!(b.target("r", 6).unwrap(), None, "an edit is not a message");
+        b.commit().unwrap();
+
+        let r = open_reader(&path).unwrap();
+        let (page, more) = history(&r, "r", None, None, 3).unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert!(more);
+        assert_eq!(page[0].reactions, vec![("👍".to_string(), vec!["bob".to_string(), "carol".to_string()])]);
+        assert!(page[1].deleted && page[1].body.is_none());
+        let (page, more) = history(&r, "r", Some(3), None, 10).unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(!more);
+        assert_eq!(page[1].body.as_deref(), Some(r#""two""#));
+        assert_eq!(page[1].edited_ts, Some(60));
+        let (page, more) = history(&r, "r", None, Some(1), 2).unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(more);
+        let (events, truncated) = replay(&r, "r", 7, 10, 100).unwrap();
+        assert_eq!(events.len(), 3);
+        assert!(!truncated);
+        let (events, truncated) = replay(&r, "r", 0, 10, 4).unwrap();
+        assert_eq!(events.len(), 4);
+        assert!(truncated);
+        assert_eq!(last_messages(&r, "r", 2, 10).unwrap().len(), 2);
+        assert_eq!(room_seqs(&w).unwrap().get("r"), Some(&10));
+    }
+
+    #[test]
+    fn migration_is_recorded_and_foreign_files_are_refused() {
+        let path = temp_db("mig");
+        drop(open_writer(&path, Synchronous::Full).unwrap());
+        let c = Connection::open(&path).unwrap();
+        let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        drop(c);
+        drop(open_writer(&path, Synchronous::Normal).unwrap());
+
+        let foreign = temp_db("foreign");
+        let c = Connection::open(&foreign).unwrap();
+        c.execute_batch("CREATE TABLE t (x)").unwrap();
+        drop(c);
+        assert!(matches!(open_writer(&foreign, Synchronous::Normal), Err(StoreError::NotOurs { .. })));
+
+        let garbage = temp_db("garbage");
+        std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
+        let err = open_writer(&garbage, Synchronous::Normal).unwrap_err().to_string();
+        assert!(err.contains("not a database") || err.contains("cannot open"), "{err}");
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_the_high_water_mark() {
+        let path = temp_db("prune");
+        let mut w = open_writer(&path, Synchronous::Normal).unwrap();
+        let mut b = Batch::begin(&mut w).unwrap();
+        for seq in 1..=20 {
+            b.append(&message("r", seq, "a", "1")).unwrap();
+        }
+        b.commit().unwrap();
+        let mut total = 0;
+        let mut cursor = PruneCursor::default();
+        loop {
+            let (n, done) = prune_step(&mut w, &mut cursor, 5, None, 4).unwrap();
+            assert!(n <= 4);
+            total += n;
+            if done {
+                break;
+            }
+        }
+        assert_eq!(total, 15);
+        let r = open_reader(&path).unwrap();
+        let (page, _) = history(&r, "r", None, None, 100).unwrap();
+        assert_eq!(page.first().unwrap().seq, 16);
+        let (_, truncated) = replay(&r, "r", 0, 20, 100).unwrap();
+        assert!(truncated, "pruned events make a replay truncated");
+        let everything_is_old = Some(u64::MAX);
+        assert_eq!(prune_step(&mut w, &mut cursor, 0, everything_is_old, 100).unwrap(), (5, true));
+        assert_eq!(room_seqs(&w).unwrap().get("r"), Some(&20), "the seq high-water mark survives pruning");
+    }
+}
