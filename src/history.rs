@@ -386,20 +386,23 @@ impl Reader {
 
     fn replay(&mut self, answer: JoinAnswer) {
         let read = match answer.replay {
-            Some(ReplayMode::Since { since, max }) => store::replay(&self.conn, &answer.room, since, answer.seq, max),
-            Some(ReplayMode::Last(n)) => {
-                store::last_messages(&self.conn, &answer.room, n, answer.seq).map(|e| (e, false))
-            }
+            Some(ReplayMode::Since { since, max }) => store::replay(&self.conn, &answer.room, since, answer.seq, max)
+                .map(|(events, truncated)| {
+                    let frames = events.iter().map(|json| ws::text_frame(|b| b.extend_from_slice(json.as_bytes())));
+                    (frames.collect(), truncated)
+                }),
+            Some(ReplayMode::Last(n)) => store::last_messages(&self.conn, &answer.room, n, answer.seq)
+                .map(|entries| (entries.into_iter().map(|e| message_frame(&answer.room, e)).collect(), false)),
             None => Ok((Vec::new(), false)),
         };
-        let (events, truncated) = read.unwrap_or_else(|e| {
+        let (replayed, truncated): (Vec<Bytes>, bool) = read.unwrap_or_else(|e| {
             // The client still joins; `truncated` tells it to page with `history`.
             log::warn!("history: replay of {} failed: {e}", answer.room);
             (Vec::new(), true)
         });
-        let mut frames = Vec::with_capacity(1 + events.len());
+        let mut frames = Vec::with_capacity(1 + replayed.len());
         frames.push(joined_frame(&answer, truncated));
-        frames.extend(events.iter().map(|json| ws::text_frame(|b| b.extend_from_slice(json.as_bytes()))));
+        frames.extend(replayed);
         self.down.reply(answer.conn, Reply::Joined { room: answer.room, frames });
     }
 
@@ -423,6 +426,21 @@ impl Reader {
             }
         }
     }
+}
+
+/// A stored message as a `message` frame carrying its current body.
+fn message_frame(room: &str, e: HistoryEntry) -> Bytes {
+    let body = e.body.and_then(|b| RawValue::from_string(b).ok());
+    let frame = ServerFrame::Message {
+        room,
+        seq: e.seq,
+        from: &e.from,
+        name: e.name.as_deref(),
+        body: body.as_deref().unwrap_or(RawValue::NULL),
+        reply_to: e.reply_to,
+        ts: e.ts,
+    };
+    frame.to_frame()
 }
 
 fn history_item(e: HistoryEntry) -> HistoryItem {

@@ -190,7 +190,7 @@ fn check_upgrade(head: &Head, endpoint: Endpoint, env: &RouteEnv) -> Result<Deci
             "Upgrade Required",
             JSON,
             br#"{"error":"bad_request","message":"this endpoint needs a WebSocket upgrade"}"#,
-            &[("Upgrade", "websocket"), ("Connection", "Upgrade")],
+            &[("Upgrade", "websocket")],
         );
         return Err((r, Failure::BadUpgrade));
     }

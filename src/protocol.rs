@@ -117,7 +117,7 @@ struct Envelope<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow)]
     history: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     body: Option<&'a RawValue>,
     #[serde(borrow)]
     reply_to: Option<&'a RawValue>,
@@ -135,6 +135,22 @@ struct Envelope<'a> {
     after: Option<&'a RawValue>,
     #[serde(borrow)]
     limit: Option<&'a RawValue>,
+}
+
+/// A field for which JSON `null` is a value, not an absence (`"body": null` is a valid body).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// Only the `ref` of a frame, for replies to frames that are not otherwise read.
+pub fn frame_ref(text: &str) -> Option<Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct RefOnly<'a> {
+        #[serde(rename = "ref", borrow)]
+        reference: Option<&'a RawValue>,
+    }
+    let r: RefOnly = serde_json::from_str(text).ok()?;
+    string(r.reference?).filter(|r| r.len() <= MAX_REF_BYTES)
 }
 
 /// Parses one text frame.
@@ -456,6 +472,10 @@ mod tests {
             Request::History { limit: MAX_HISTORY_LIMIT, .. }
         ));
         assert!(matches!(req(r#"{"type":"presence","room":"r"}"#).unwrap(), Request::Presence { .. }));
+        let Request::Send { body, .. } = req(r#"{"type":"send","room":"r","body":null}"#).unwrap() else { panic!() };
+        assert_eq!(body.get(), "null", "null is a body");
+        assert_eq!(frame_ref(r#"{"type":"x","ref":"k","pad":[1,2]}"#).as_deref(), Some("k"));
+        assert_eq!(frame_ref("not json"), None);
         assert!(matches!(req(r#"{"type":"leave","room":"r"}"#).unwrap(), Request::Leave { .. }));
         assert!(matches!(req(r#"{"type":"edit","room":"r","target":2,"body":1}"#).unwrap(), Request::Edit { .. }));
         assert!(matches!(req(r#"{"type":"delete","room":"r","target":2}"#).unwrap(), Request::Delete { .. }));

@@ -424,7 +424,8 @@ impl Shard {
             if abusive {
                 self.close(key, CloseCode::Policy, "rate limit exceeded", now, true);
             } else {
-                self.reply_error(key, None, &Rejection::new(ErrorCode::RateLimited, "slow down"));
+                let rejection = Rejection::new(ErrorCode::RateLimited, "slow down");
+                self.reply_error(key, protocol::frame_ref(text).as_deref(), &rejection);
             }
             return;
         }

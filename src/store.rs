@@ -275,15 +275,31 @@ pub fn replay(
     Ok((events, truncated))
 }
 
-/// The newest `n` message events up to `upto`, oldest first.
-pub fn last_messages(conn: &Connection, room: &str, n: u64, upto: u64) -> rusqlite::Result<Vec<String>> {
+/// The newest `n` messages up to `upto` that still exist, with their current (edited) bodies,
+/// oldest first: what a client joining with `history: n` should show, never a deleted text.
+pub fn last_messages(conn: &Connection, room: &str, n: u64, upto: u64) -> rusqlite::Result<Vec<HistoryEntry>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT json FROM events WHERE room = ?1 AND seq <= ?2 AND kind = 0 ORDER BY seq DESC LIMIT ?3",
+        "SELECT seq, author, name, body, reply_to, ts, edited_ts, deleted FROM messages
+         WHERE room = ?1 AND seq <= ?2 AND deleted = 0 ORDER BY seq DESC LIMIT ?3",
     )?;
-    let mut events: Vec<String> =
-        stmt.query_map(params![room, upto as i64, n as i64], |r| r.get(0))?.collect::<Result<_, _>>()?;
-    events.reverse();
-    Ok(events)
+    let mut page: Vec<HistoryEntry> =
+        stmt.query_map(params![room, upto as i64, n as i64], history_entry)?.collect::<Result<_, _>>()?;
+    page.reverse();
+    Ok(page)
+}
+
+fn history_entry(r: &rusqlite::Row) -> rusqlite::Result<HistoryEntry> {
+    Ok(HistoryEntry {
+        seq: r.get::<_, i64>(0)? as u64,
+        from: r.get(1)?,
+        name: r.get(2)?,
+        body: r.get(3)?,
+        reply_to: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+        ts: r.get::<_, i64>(5)? as u64,
+        edited_ts: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        deleted: r.get::<_, i64>(7)? != 0,
+        reactions: Vec::new(),
+    })
 }
 
 /// One message as a history page lists it: with later edits, deletes and reactions folded in.
@@ -323,21 +339,8 @@ pub fn history(
     };
     let lower = after.map_or(0, |a| a as i64);
     let mut stmt = conn.prepare_cached(sql)?;
-    let mut page: Vec<HistoryEntry> = stmt
-        .query_map(params![room, lower, upper, (limit + 1) as i64], |r| {
-            Ok(HistoryEntry {
-                seq: r.get::<_, i64>(0)? as u64,
-                from: r.get(1)?,
-                name: r.get(2)?,
-                body: r.get(3)?,
-                reply_to: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-                ts: r.get::<_, i64>(5)? as u64,
-                edited_ts: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-                deleted: r.get::<_, i64>(7)? != 0,
-                reactions: Vec::new(),
-            })
-        })?
-        .collect::<Result<_, _>>()?;
+    let mut page: Vec<HistoryEntry> =
+        stmt.query_map(params![room, lower, upper, (limit + 1) as i64], history_entry)?.collect::<Result<_, _>>()?;
     let more = page.len() as u64 > limit;
     page.truncate(limit as usize);
     if !forward {
@@ -525,7 +528,8 @@ mod tests {
         let (events, truncated) = replay(&r, "r", 0, 10, 4).unwrap();
         assert_eq!(events.len(), 4);
         assert!(truncated);
-        assert_eq!(last_messages(&r, "r", 2, 10).unwrap().len(), 2);
+        let last = last_messages(&r, "r", 2, 10).unwrap();
+        assert_eq!(last.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 5], "the deleted 4 is skipped");
         assert_eq!(room_seqs(&w).unwrap().get("r"), Some(&10));
     }
 

@@ -115,7 +115,8 @@ fn text_payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
-/// `len` bytes running through every byte value, most of them invalid as UTF-8.
+/// `len` bytes cycling through 0..=250 (a prime period, so an offset slip shows), which is
+/// not UTF-8 once past 128 bytes.
 fn binary_payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
@@ -314,7 +315,7 @@ fn echo_each_size(addr: SocketAddr, opcode: u8, chunk_size: Option<usize>) {
     for len in SIZES {
         let payload = if opcode == TEXT { text_payload(len) } else { binary_payload(len) };
         let bytes = msg(opcode, &payload);
-        ws.send_in_chunks(&bytes, chunk_size.unwrap_or(bytes.len().max(1)));
+        ws.send_in_chunks(&bytes, chunk_size.unwrap_or(bytes.len()));
         ws.expect_frame(opcode, &payload);
     }
     ws.close_normally();

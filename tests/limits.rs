@@ -59,6 +59,7 @@ fn rate_limit_drops_then_closes_after_burst_drops_in_a_row() {
     c.send(json!({"type": "ping", "ref": "dropped"}));
     let err = c.recv();
     assert_eq!((err["type"].clone(), err["code"].clone()), (json!("error"), json!("rate_limited")));
+    assert_eq!(err["ref"], "dropped");
     c.send(json!({"type": "ping"}));
     c.send(json!({"type": "ping"}));
     assert_eq!(c.expect_close(), Some(1008));

@@ -283,10 +283,17 @@ impl Client {
         }
     }
 
-    /// Sends a request and returns the next frame of `reply_type`.
+    /// Sends a request and returns the next frame of `reply_type`, skipping events; an
+    /// `error` frame when something else was expected fails the test.
     pub fn request(&mut self, v: Value, reply_type: &str) -> Value {
-        self.send(v);
-        self.recv_type(reply_type)
+        self.send(v.clone());
+        loop {
+            let reply = self.recv();
+            if reply["type"] == reply_type {
+                return reply;
+            }
+            assert!(reply["type"] != "error", "{v} got {reply}");
+        }
     }
 
     pub fn join(&mut self, room: &str) -> Value {
