@@ -30,7 +30,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Retention pruning: how often, and how many events per step.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(2);
 const PRUNE_STEP: u64 = 1000;
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// A storage failure is logged at most this often while it lasts.
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 

@@ -258,7 +258,8 @@ fn check_mutation(m: &Mutation, info: Result<Option<TargetInfo>, ()>) -> Result<
     }
 }
 
-fn event_frame(room: &str, seq: u64, from: &str, ts: u64, kind: &EventKind) -> bytes::Bytes {
+/// The frame every member gets for a room event (and what history stores and replays).
+pub fn event_frame(room: &str, seq: u64, from: &str, ts: u64, kind: &EventKind) -> bytes::Bytes {
     match kind {
         EventKind::Message { name, body, reply_to } => {
             ServerFrame::Message { room, seq, from, name: name.as_deref(), body, reply_to: *reply_to, ts }

@@ -1,7 +1,8 @@
-//! The SQLite history database: schema and migrations, appending events together with the
-//! folded state of their messages, and the reads that replay and history pages need.
+//! The SQLite history database: schema and migrations, the append-only event log, and the reads
+//! that replay and history pages need (folding edits, deletes and reactions into messages).
 //! Plain synchronous calls: it knows no threads or queues, and it never runs on a shard.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::bus::{EventKind, EventRecord, TargetInfo};
 use crate::config::Synchronous;
@@ -18,8 +21,10 @@ use crate::ws;
 const APPLICATION_ID: i32 = 0x5243_4153;
 /// Ordered schema migrations; `user_version` is how many have run.
 const MIGRATIONS: &[&str] = &[
-    // 1: the event log, the folded messages, reactions, and each room's high-water seq
-    // (kept in the same transactions as the events, so pruning never lets a seq be reused).
+    // 1: the event log, one row per event exactly as delivered; edits, deletes and reactions
+    // are found by their target through a partial index, so appending a message touches one
+    // b-tree. `rooms` keeps each room's high-water seq in the same transactions as the events,
+    // so pruning never lets a seq be reused.
     "CREATE TABLE events (
         room TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -30,25 +35,7 @@ const MIGRATIONS: &[&str] = &[
         json TEXT NOT NULL,
         PRIMARY KEY (room, seq)
     ) WITHOUT ROWID;
-    CREATE TABLE messages (
-        room TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        author TEXT NOT NULL,
-        name TEXT,
-        ts INTEGER NOT NULL,
-        body TEXT,
-        reply_to INTEGER,
-        edited_ts INTEGER,
-        deleted INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (room, seq)
-    ) WITHOUT ROWID;
-    CREATE TABLE reactions (
-        room TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        emoji TEXT NOT NULL,
-        user TEXT NOT NULL,
-        UNIQUE (room, seq, emoji, user)
-    );
+    CREATE INDEX events_by_target ON events (room, target) WHERE target IS NOT NULL;
     CREATE TABLE rooms (
         room TEXT PRIMARY KEY,
         last_seq INTEGER NOT NULL
@@ -61,6 +48,9 @@ const KIND_DELETED: i64 = 2;
 const KIND_REACTION_ADD: i64 = 3;
 const KIND_REACTION_REMOVE: i64 = 4;
 
+/// Page cache of each connection, in KiB (SQLite's negative `cache_size`): a batch of a few
+/// thousand events touches many pages, and spilling them mid-transaction costs 2-3x.
+const CACHE_KIB: i64 = 64 * 1024;
 /// How long a reader waits on a lock before reporting busy (the writer's commits are short).
 const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -112,6 +102,7 @@ pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection, 
         Synchronous::Full => "FULL",
     };
     conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     // Checkpoints run on their own thread so they never stall a commit.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     migrate(&mut conn, path)?;
@@ -165,8 +156,9 @@ impl<'c> Batch<'c> {
     }
 
     pub fn append(&mut self, e: &EventRecord) -> rusqlite::Result<()> {
-        let json = std::str::from_utf8(&ws::frame_payload(&e.frame)).unwrap_or_default().to_string();
-        let (seq, ts) = (e.seq as i64, e.ts as i64);
+        let payload = ws::frame_payload(&e.frame);
+        // The frame was serialized from Rust strings, so it is UTF-8.
+        let json = std::str::from_utf8(&payload).unwrap_or_default();
         let (kind, target) = match &e.kind {
             EventKind::Message { .. } => (KIND_MESSAGE, None),
             EventKind::Edited { target, .. } => (KIND_EDITED, Some(*target as i64)),
@@ -174,59 +166,33 @@ impl<'c> Batch<'c> {
             EventKind::Reaction { target, add: true, .. } => (KIND_REACTION_ADD, Some(*target as i64)),
             EventKind::Reaction { target, add: false, .. } => (KIND_REACTION_REMOVE, Some(*target as i64)),
         };
-        let room = &*e.room;
         self.tx
             .prepare_cached(
                 "INSERT INTO events (room, seq, ts, kind, author, target, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![room, seq, ts, kind, &*e.from, target, json])?;
-        match &e.kind {
-            EventKind::Message { name, body, reply_to } => {
-                self.tx
-                    .prepare_cached(
-                        "INSERT INTO messages (room, seq, author, name, ts, body, reply_to) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![room, seq, &*e.from, name.as_deref(), ts, body.get(), reply_to.map(|r| r as i64)])?;
-            }
-            EventKind::Edited { target, body } => {
-                self.tx
-                    .prepare_cached(
-                        "UPDATE messages SET body = ?3, edited_ts = ?4 WHERE room = ?1 AND seq = ?2 AND deleted = 0",
-                    )?
-                    .execute(params![room, *target as i64, body.get(), ts])?;
-            }
-            EventKind::Deleted { target } => {
-                self.tx
-                    .prepare_cached("UPDATE messages SET body = NULL, deleted = 1 WHERE room = ?1 AND seq = ?2")?
-                    .execute(params![room, *target as i64])?;
-                self.tx
-                    .prepare_cached("DELETE FROM reactions WHERE room = ?1 AND seq = ?2")?
-                    .execute(params![room, *target as i64])?;
-            }
-            EventKind::Reaction { target, emoji, add: true } => {
-                self.tx
-                    .prepare_cached("INSERT OR IGNORE INTO reactions (room, seq, emoji, user) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![room, *target as i64, &**emoji, &*e.from])?;
-            }
-            EventKind::Reaction { target, emoji, add: false } => {
-                self.tx
-                    .prepare_cached("DELETE FROM reactions WHERE room = ?1 AND seq = ?2 AND emoji = ?3 AND user = ?4")?
-                    .execute(params![room, *target as i64, &**emoji, &*e.from])?;
+            .execute(params![&*e.room, e.seq as i64, e.ts as i64, kind, &*e.from, target, json])?;
+        match self.high.get_mut(&e.room) {
+            Some(high) => *high = (*high).max(e.seq),
+            None => {
+                self.high.insert(e.room.clone(), e.seq);
             }
         }
-        let high = self.high.entry(e.room.clone()).or_insert(e.seq);
-        *high = (*high).max(e.seq);
         Ok(())
     }
 
     /// The stored message at `seq`, if there is one (events earlier in this batch included).
     pub fn target(&self, room: &str, seq: u64) -> rusqlite::Result<Option<TargetInfo>> {
-        self.tx
-            .prepare_cached("SELECT author, deleted FROM messages WHERE room = ?1 AND seq = ?2")?
-            .query_row(params![room, seq as i64], |r| {
-                Ok(TargetInfo { author: r.get::<_, String>(0)?.into(), deleted: r.get::<_, i64>(1)? != 0 })
-            })
-            .optional()
+        let author: Option<String> = self
+            .tx
+            .prepare_cached("SELECT author FROM events WHERE room = ?1 AND seq = ?2 AND kind = 0")?
+            .query_row(params![room, seq as i64], |r| r.get(0))
+            .optional()?;
+        let Some(author) = author else { return Ok(None) };
+        let deleted = self
+            .tx
+            .prepare_cached("SELECT 1 FROM events WHERE room = ?1 AND target = ?2 AND kind = 2 LIMIT 1")?
+            .exists(params![room, seq as i64])?;
+        Ok(Some(TargetInfo { author: author.into(), deleted }))
     }
 
     pub fn commit(self) -> rusqlite::Result<()> {
@@ -249,6 +215,7 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
     conn.busy_timeout(READER_BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     Ok(conn)
 }
 
@@ -278,28 +245,17 @@ pub fn replay(
 /// The newest `n` messages up to `upto` that still exist, with their current (edited) bodies,
 /// oldest first: what a client joining with `history: n` should show, never a deleted text.
 pub fn last_messages(conn: &Connection, room: &str, n: u64, upto: u64) -> rusqlite::Result<Vec<HistoryEntry>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, author, name, body, reply_to, ts, edited_ts, deleted FROM messages
-         WHERE room = ?1 AND seq <= ?2 AND deleted = 0 ORDER BY seq DESC LIMIT ?3",
-    )?;
-    let mut page: Vec<HistoryEntry> =
-        stmt.query_map(params![room, upto as i64, n as i64], history_entry)?.collect::<Result<_, _>>()?;
-    page.reverse();
-    Ok(page)
-}
-
-fn history_entry(r: &rusqlite::Row) -> rusqlite::Result<HistoryEntry> {
-    Ok(HistoryEntry {
-        seq: r.get::<_, i64>(0)? as u64,
-        from: r.get(1)?,
-        name: r.get(2)?,
-        body: r.get(3)?,
-        reply_to: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-        ts: r.get::<_, i64>(5)? as u64,
-        edited_ts: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-        deleted: r.get::<_, i64>(7)? != 0,
-        reactions: Vec::new(),
-    })
+    let mut kept = Vec::new();
+    let mut before = upto.saturating_add(1);
+    while (kept.len() as u64) < n {
+        let page = message_page(conn, room, 0, before, n, false)?;
+        let Some(oldest) = page.last().map(|e| e.seq) else { break };
+        before = oldest;
+        kept.extend(fold(conn, room, page)?.into_iter().filter(|e| !e.deleted));
+    }
+    kept.truncate(n as usize);
+    kept.reverse();
+    Ok(kept)
 }
 
 /// One message as a history page lists it: with later edits, deletes and reactions folded in.
@@ -328,48 +284,123 @@ pub fn history(
     after: Option<u64>,
     limit: u64,
 ) -> rusqlite::Result<(Vec<HistoryEntry>, bool)> {
-    let upper = before.map_or(i64::MAX, |b| b as i64);
     let forward = after.is_some();
-    let sql = if forward {
-        "SELECT seq, author, name, body, reply_to, ts, edited_ts, deleted FROM messages
-         WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4"
-    } else {
-        "SELECT seq, author, name, body, reply_to, ts, edited_ts, deleted FROM messages
-         WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
-    };
-    let lower = after.map_or(0, |a| a as i64);
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut page: Vec<HistoryEntry> =
-        stmt.query_map(params![room, lower, upper, (limit + 1) as i64], history_entry)?.collect::<Result<_, _>>()?;
+    let mut page = message_page(conn, room, after.unwrap_or(0), before.unwrap_or(u64::MAX), limit + 1, forward)?;
     let more = page.len() as u64 > limit;
     page.truncate(limit as usize);
     if !forward {
         page.reverse();
     }
-    attach_reactions(conn, room, &mut page)?;
-    Ok((page, more))
+    Ok((fold(conn, room, page)?, more))
 }
 
-fn attach_reactions(conn: &Connection, room: &str, page: &mut [HistoryEntry]) -> rusqlite::Result<()> {
-    let (Some(first), Some(last)) = (page.first().map(|e| e.seq), page.last().map(|e| e.seq)) else {
-        return Ok(());
+/// Message events with `after < seq < before`, at most `limit`, in the paging direction.
+fn message_page(
+    conn: &Connection,
+    room: &str,
+    after: u64,
+    before: u64,
+    limit: u64,
+    forward: bool,
+) -> rusqlite::Result<Vec<HistoryEntry>> {
+    let sql = if forward {
+        "SELECT seq, author, ts, json FROM events
+         WHERE room = ?1 AND kind = 0 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4"
+    } else {
+        "SELECT seq, author, ts, json FROM events
+         WHERE room = ?1 AND kind = 0 AND seq > ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
+    };
+    let before = before.min(i64::MAX as u64) as i64;
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params![room, after as i64, before, limit as i64], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, String>(3)?))
+    })?;
+    let mut page = Vec::new();
+    for row in rows {
+        let (seq, from, ts, json) = row?;
+        let m: StoredMessage = serde_json::from_str(&json).unwrap_or_default();
+        page.push(HistoryEntry {
+            seq,
+            from,
+            name: m.name.map(Cow::into_owned),
+            body: m.body.map(|b| b.get().to_string()),
+            reply_to: m.reply_to,
+            ts,
+            edited_ts: None,
+            deleted: false,
+            reactions: Vec::new(),
+        });
+    }
+    Ok(page)
+}
+
+/// The fields of stored event JSON that folding needs.
+#[derive(Deserialize, Default)]
+struct StoredMessage<'a> {
+    #[serde(borrow)]
+    body: Option<&'a RawValue>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    reply_to: Option<u64>,
+    #[serde(borrow)]
+    emoji: Option<Cow<'a, str>>,
+}
+
+/// Applies, in seq order, every edit, delete and reaction that targets a message of `page`
+/// (ascending seq).
+fn fold(conn: &Connection, room: &str, mut page: Vec<HistoryEntry>) -> rusqlite::Result<Vec<HistoryEntry>> {
+    let (Some(lo), Some(hi)) = (page.iter().map(|e| e.seq).min(), page.iter().map(|e| e.seq).max()) else {
+        return Ok(page);
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, emoji, user FROM reactions WHERE room = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq, rowid",
+        "SELECT kind, author, target, ts, json FROM events
+         WHERE room = ?1 AND target >= ?2 AND target <= ?3 ORDER BY seq",
     )?;
-    let rows = stmt.query_map(params![room, first as i64, last as i64], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+    let rows = stmt.query_map(params![room, lo as i64, hi as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)? as u64,
+            r.get::<_, i64>(3)? as u64,
+            r.get::<_, String>(4)?,
+        ))
     })?;
+    let index: HashMap<u64, usize> = page.iter().enumerate().map(|(i, e)| (e.seq, i)).collect();
     for row in rows {
-        let (seq, emoji, user) = row?;
-        let Ok(i) = page.binary_search_by_key(&seq, |e| e.seq) else { continue };
-        let reactions = &mut page[i].reactions;
-        match reactions.iter_mut().find(|(e, _)| *e == emoji) {
-            Some((_, users)) => users.push(user),
-            None => reactions.push((emoji, vec![user])),
+        let (kind, author, target, ts, json) = row?;
+        let Some(entry) = index.get(&target).map(|&i| &mut page[i]) else { continue };
+        let event: StoredMessage = serde_json::from_str(&json).unwrap_or_default();
+        match kind {
+            KIND_EDITED if !entry.deleted => {
+                entry.body = event.body.map(|b| b.get().to_string());
+                entry.edited_ts = Some(ts);
+            }
+            KIND_DELETED => {
+                entry.deleted = true;
+                entry.body = None;
+                entry.reactions.clear();
+            }
+            KIND_REACTION_ADD if !entry.deleted => {
+                let emoji = event.emoji.unwrap_or_default().into_owned();
+                match entry.reactions.iter_mut().find(|(e, _)| *e == emoji) {
+                    Some((_, users)) if users.contains(&author) => {}
+                    Some((_, users)) => users.push(author),
+                    None => entry.reactions.push((emoji, vec![author])),
+                }
+            }
+            KIND_REACTION_REMOVE => {
+                let emoji = event.emoji.unwrap_or_default();
+                if let Some(i) = entry.reactions.iter().position(|(e, _)| *e == emoji) {
+                    entry.reactions[i].1.retain(|u| *u != author);
+                    if entry.reactions[i].1.is_empty() {
+                        entry.reactions.remove(i);
+                    }
+                }
+            }
+            _ => {}
         }
     }
-    Ok(())
+    Ok(page)
 }
 
 /// Rooms one pruning step looks at.
@@ -449,8 +480,6 @@ fn prune_room(
     // Seqs are gap-free, so a seq range of `budget` holds at most `budget` events.
     let upto = cutoff.min(oldest + budget as i64 - 1);
     let n = tx.prepare_cached("DELETE FROM events WHERE room = ?1 AND seq <= ?2")?.execute(params![room, upto])?;
-    tx.prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?.execute(params![room, upto])?;
-    tx.prepare_cached("DELETE FROM reactions WHERE room = ?1 AND seq <= ?2")?.execute(params![room, upto])?;
     let still_old: Option<i64> = match older_than {
         Some(ms) => tx
             .prepare_cached("SELECT ts FROM events WHERE room = ?1 ORDER BY seq LIMIT 1")?
@@ -466,7 +495,6 @@ fn prune_room(
 mod tests {
     use super::*;
     use crate::bus::EventKind;
-    use crate::protocol::ServerFrame;
     use serde_json::value::RawValue;
 
     fn temp_db(tag: &str) -> PathBuf {
@@ -481,9 +509,7 @@ mod tests {
     }
 
     fn record(room: &str, seq: u64, from: &str, kind: EventKind) -> EventRecord {
-        let body = raw(r#""x""#);
-        let frame =
-            ServerFrame::Message { room, seq, from, name: None, body: &body, reply_to: None, ts: seq * 10 }.to_frame();
+        let frame = crate::rooms::event_frame(room, seq, from, seq * 10, &kind);
         EventRecord { room: room.into(), seq, ts: seq * 10, from: from.into(), kind, frame }
     }
 

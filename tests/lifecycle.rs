@@ -133,6 +133,38 @@ fn sigterm_closes_every_connection_with_1001_and_exits_0() {
 }
 
 #[test]
+fn sighup_rotates_keys_without_dropping_connections() {
+    let mut d = Daemon::start();
+    let mut old = d.client("old");
+    old.join("r");
+    let new_secret = "rotated-secret-rotated-secret-rotated-0001";
+    let text = std::fs::read_to_string(&d.config_path).unwrap();
+    let rotated = text.replace(
+        &format!(r#"keys = [{{ kid = "{}", secret = "{}" }}]"#, common::KID, common::SECRET),
+        &format!(r#"keys = [{{ kid = "k2", secret = "{new_secret}" }}]"#),
+    );
+    assert_ne!(text, rotated);
+    std::fs::write(&d.config_path, rotated).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for_log("configuration reloaded");
+    let key = roomcast::config::KeyConfig { kid: "k2".into(), secret: new_secret.as_bytes().to_vec() };
+    let request = roomcast::auth::MintRequest {
+        sub: "new",
+        name: None,
+        rooms: None,
+        role: None,
+        ttl: Some(std::time::Duration::from_secs(60)),
+        now_unix: common::now_unix(),
+    };
+    let fresh = roomcast::auth::mint(&key, &request);
+    let mut new = Client::connect_with(&d, "/ws", &[("Authorization", &format!("Bearer {fresh}"))]).unwrap();
+    assert_eq!(new.recv_type("welcome")["user"], "new");
+    let stale = format!("Bearer {}", common::token("late"));
+    assert_eq!(Client::connect_with(&d, "/ws", &[("Authorization", &stale)]).err(), Some(401));
+    assert_eq!(old.say("r", json!("still here"))["seq"], 1, "the connection made with the old key stays");
+}
+
+#[test]
 fn healthz_and_stats_answer_plain_http() {
     let d = Daemon::start();
     assert_eq!(common::http_get(d.addr, "/healthz").0, 200);
