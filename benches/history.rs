@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use mio::{Poll, Waker};
 use roomcast::bus::{
-    Audience, ConnRef, Delivery, Downstream, EventKind, EventRecord, Exclude, HistoryMsg, Inbox, ShardMsg, ShardSet,
+    Audience, ConnRef, Delivery, Downstream, EventKind, EventRecord, Exclude, HistoryMsg, Inbox, Origin, ShardMsg,
+    ShardSet,
 };
 use roomcast::config::Synchronous;
 use roomcast::history::{self, Retention, Writer};
@@ -108,8 +109,10 @@ fn steady_latency(sync: Synchronous, checkpoints: Checkpoints) {
         shard_inboxes: vec![Inbox::with_waker(1 << 16, waker)],
         history: Inbox::with_parking(1 << 16),
         readers: vec![Inbox::with_parking(16)],
+        admin: Inbox::with_parking(16),
         acceptor: Inbox::with_parking(16),
         counters: vec![ShardCounters::default()],
+        commit_latency: Default::default(),
         ws_connections: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
         shards_stopped: AtomicBool::new(false),
@@ -132,7 +135,8 @@ fn steady_latency(sync: Synchronous, checkpoints: Checkpoints) {
         // Produce on schedule (paced, not bursted), consume whatever has been released.
         while next < total && started.elapsed() >= interval * next as u32 {
             let (record, delivery) = events.next().expect("event");
-            let msg = HistoryMsg::Event { record, delivery, shards: ShardSet::one(0), origin: Some((origin, None)) };
+            let msg =
+                HistoryMsg::Event { record, delivery, shards: ShardSet::one(0), origin: Origin::Conn(origin, None) };
             sent_at.push(Instant::now());
             assert!(shared.history.push(msg).is_ok(), "history queue full");
             shared.history.wake();

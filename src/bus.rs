@@ -22,6 +22,8 @@ pub const SHARD_INBOX: usize = 32 * 1024;
 pub const HISTORY_INBOX: usize = 16 * 1024;
 /// Capacity of each history reader's inbox.
 pub const READER_INBOX: usize = 8 * 1024;
+/// Capacity of the admin thread's inbox.
+pub const ADMIN_INBOX: usize = 4 * 1024;
 /// Capacity of the acceptor's inbox (close notices).
 pub const ACCEPTOR_INBOX: usize = 16 * 1024;
 /// A shard refuses new client publishes (error `overloaded`) while this many messages wait
@@ -167,11 +169,19 @@ pub struct Publish {
     pub room: Arc<str>,
     pub from: Arc<str>,
     pub name: Option<Arc<str>>,
-    /// The sending connection, which gets the `ack`; `None` for server-side publishes.
-    pub origin: Option<ConnRef>,
-    pub reference: Option<Box<str>>,
+    /// Who gets the `ack` (or the error) once the event is stored.
+    pub origin: Origin,
     pub body: Box<RawValue>,
     pub reply_to: Option<u64>,
+}
+
+/// Who sent an event and waits for the answer.
+#[derive(Debug)]
+pub enum Origin {
+    /// A WebSocket client (`ack` frame, repeating its `ref`) or an HTTP API request on a shard.
+    Conn(ConnRef, Option<Box<str>>),
+    /// A command on the admin socket.
+    Admin(u64),
 }
 
 #[derive(Debug)]
@@ -251,7 +261,7 @@ pub enum HistoryMsg {
         record: EventRecord,
         delivery: Delivery,
         shards: ShardSet,
-        origin: Option<(ConnRef, Option<Box<str>>)>,
+        origin: Origin,
     },
     /// Room output that must stay behind every earlier event of its room (presence, leave
     /// replies), forwarded unchanged.
@@ -285,6 +295,84 @@ pub enum ReadRequest {
     Shutdown,
 }
 
+/// Where the answers to a `Query` go.
+#[derive(Debug, Clone, Copy)]
+pub enum ReplyTo {
+    Shard(u16),
+    Admin,
+}
+
+/// A question asked of every shard (or of one room's home), answered with an `Answer`.
+#[derive(Debug, Clone)]
+pub enum Query {
+    Stats,
+    /// Send `frame` to every connection of `user`; answers how many got it.
+    Notify {
+        user: Arc<str>,
+        frame: Bytes,
+    },
+    /// Send `frame` to every authenticated connection; answers how many got it.
+    Broadcast {
+        frame: Bytes,
+    },
+    /// Close every connection of `user` with 1008; answers how many.
+    Disconnect {
+        user: Arc<str>,
+        reason: Arc<str>,
+    },
+    /// Rooms homed here whose name starts with `prefix`.
+    Rooms {
+        prefix: Arc<str>,
+    },
+    /// One room, asked of its home shard only.
+    Room {
+        name: Arc<str>,
+    },
+    /// This shard's connections of one user.
+    User {
+        name: Arc<str>,
+    },
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    Stats(StatsPart),
+    Count(usize),
+    Rooms(Vec<RoomSummary>),
+    Room(Option<RoomDetail>),
+    User(Vec<ConnSummary>),
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomSummary {
+    pub name: Arc<str>,
+    pub members: usize,
+    pub connections: u64,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomDetail {
+    pub summary: RoomSummary,
+    pub users: Vec<Arc<str>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnSummary {
+    pub session: String,
+    pub shard: u16,
+    pub peer: SocketAddr,
+    pub rooms: Vec<Arc<str>>,
+    pub connected_s: u64,
+}
+
+/// What the admin thread receives: answers to its queries, and the outcome of its publishes.
+#[derive(Debug)]
+pub enum AdminMsg {
+    Answer { id: u64, answer: Answer },
+    Published { id: u64, result: Result<(Arc<str>, u64, u64), &'static str> },
+}
+
 /// Per-shard numbers for `/stats` that only the shard itself can compute.
 #[derive(Debug, Default, Clone)]
 pub struct StatsPart {
@@ -309,13 +397,14 @@ pub enum ShardMsg {
     UserOnline(Arc<str>),
     UserOffline(Arc<str>),
     Down(Downstream),
-    StatsQuery {
-        from: u16,
+    Query {
+        reply_to: ReplyTo,
         id: u64,
+        query: Query,
     },
-    StatsPart {
+    Answer {
         id: u64,
-        part: StatsPart,
+        answer: Answer,
     },
     /// The history stage's answer to a `Lookup`; `Err` when it could not be read reliably.
     Looked {

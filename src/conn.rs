@@ -50,10 +50,21 @@ pub enum Phase {
 }
 
 pub struct HttpState {
-    pub head: Vec<u8>,
+    /// Received bytes not yet answered: request heads and bodies (and, once upgraded, the
+    /// first WebSocket frames a client sent right behind its request).
+    pub buf: Vec<u8>,
+    /// When the request being received (or the idle keep-alive connection) times out.
     pub deadline: Millis,
-    /// A `/stats` answer is being gathered from every shard.
-    pub awaiting_stats: bool,
+    /// An answer is being prepared elsewhere (other shards, the history stage); the next
+    /// request waits for it.
+    pub pending: Option<Pending>,
+}
+
+/// An HTTP answer under way.
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    /// The connection stays open for another request after this answer.
+    pub keep_alive: bool,
 }
 
 /// An open WebSocket connection.
@@ -69,6 +80,7 @@ pub struct Session {
     pub dropped_in_row: u32,
     pub last_seen: Millis,
     pub last_ping: Millis,
+    pub opened: Millis,
 }
 
 /// A room this connection asked to join.
@@ -179,7 +191,7 @@ impl Connection {
             generation,
             counted,
             out: OutQueue::default(),
-            phase: Phase::Http(Box::new(HttpState { head: Vec::new(), deadline, awaiting_stats: false })),
+            phase: Phase::Http(Box::new(HttpState { buf: Vec::new(), deadline, pending: None })),
             timer_tick: 0,
             dirty: false,
             write_blocked: false,
@@ -200,25 +212,19 @@ impl Connection {
         }
     }
 
-    /// Appends to the request head; returns false on EOF or error.
-    pub fn read_head(&mut self, scratch: &mut Scratch) -> io::Result<usize> {
-        let Phase::Http(http) = &mut self.phase else { return Ok(0) };
-        let mut total = 0;
-        loop {
+    /// Reads request bytes until the socket is drained or `limit` bytes wait unanswered.
+    /// Returns whether the limit stopped it (the socket may hold more); errors on EOF.
+    pub fn read_http(&mut self, scratch: &mut Scratch, limit: usize) -> io::Result<bool> {
+        let Phase::Http(http) = &mut self.phase else { return Ok(false) };
+        while http.buf.len() < limit {
             match scratch.read_from(&mut self.socket) {
                 Ok([]) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(bytes) => {
-                    total += bytes.len();
-                    http.head.extend_from_slice(bytes);
-                    // A head can never be this long; stop reading and let the parser refuse it.
-                    if http.head.len() > crate::http::MAX_HEAD_BYTES {
-                        return Ok(total);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                Ok(bytes) => http.buf.extend_from_slice(bytes),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
             }
         }
+        Ok(true)
     }
 
     /// Reads every message available on an open connection into `msgs`.
@@ -338,9 +344,11 @@ impl Connection {
         c.peer_done
     }
 
-    /// Writes what is queued. An error means the socket is dead.
-    pub fn flush(&mut self) -> io::Result<()> {
+    /// Writes what is queued; returns the bytes written. An error means the socket is dead.
+    pub fn flush(&mut self) -> io::Result<usize> {
+        let before = self.out.pending();
         self.write_blocked = matches!(self.out.flush(&mut self.socket)?, Flushed::Blocked);
+        let written = before - self.out.pending();
         if let Phase::Closing(c) = &mut self.phase
             && self.out.is_empty()
             && !c.write_shut
@@ -350,7 +358,7 @@ impl Connection {
             c.write_shut = true;
             let _ = self.socket.shutdown(Shutdown::Write);
         }
-        Ok(())
+        Ok(written)
     }
 
     /// A closing connection whose output is written and whose peer is done can be dropped.

@@ -14,7 +14,8 @@ use rusqlite::Connection;
 use serde_json::value::RawValue;
 
 use crate::bus::{
-    ConnRef, Downstream, HistoryMsg, Inbox, JoinAnswer, Outbox, ReadRequest, ReplayMode, Reply, ShardMsg, TargetInfo,
+    AdminMsg, ConnRef, Downstream, EventRecord, HistoryMsg, Inbox, JoinAnswer, Origin, Outbox, ReadRequest, ReplayMode,
+    Reply, ShardMsg, TargetInfo,
 };
 use crate::protocol::{ErrorCode, HistoryItem, Reactions, ServerFrame};
 use crate::server::Shared;
@@ -159,7 +160,10 @@ impl Writer {
         let before = self.failed.clone();
         let fates: Vec<Fate> = batch.iter().map(|m| self.fate(m)).collect();
         let mut lookups = Vec::new();
-        match self.write(batch, &fates, &mut lookups) {
+        let started = Instant::now();
+        let written = self.write(batch, &fates, &mut lookups);
+        self.down.shared.commit_latency.record(started.elapsed().as_micros() as u64);
+        match written {
             Ok(()) => {
                 for (msg, fate) in batch.iter().zip(&fates) {
                     if let (HistoryMsg::Event { record, .. }, Fate::Write) = (msg, fate) {
@@ -245,24 +249,13 @@ impl Writer {
         for (msg, fate) in batch.zip(fates) {
             match msg {
                 HistoryMsg::Event { record, delivery, shards, origin } => {
-                    if *fate == Fate::Write {
+                    let stored = *fate == Fate::Write;
+                    if stored {
                         for shard in shards.iter() {
                             self.down.send(shard, ShardMsg::Down(Downstream::Deliver(delivery.clone())));
                         }
-                        if let Some((conn, reference)) = origin {
-                            let ack = ServerFrame::Ack {
-                                reference: reference.as_deref(),
-                                room: &record.room,
-                                seq: record.seq,
-                                ts: record.ts,
-                            };
-                            self.down.reply(conn, Reply::Frame(ack.to_frame()));
-                        }
-                    } else if let Some((conn, reference)) = origin {
-                        let message = "the event could not be stored; it was not sent";
-                        let frame = ServerFrame::Error { reference: reference.as_deref(), code: refuse_code, message };
-                        self.down.reply(conn, Reply::Frame(frame.to_frame()));
                     }
+                    self.answer_origin(origin, &record, stored.then_some(()).ok_or(refuse_code));
                 }
                 HistoryMsg::Relay { shards, msg } => {
                     for shard in shards.iter() {
@@ -283,6 +276,35 @@ impl Writer {
                     self.down.send(home as usize, ShardMsg::Looked { room, target, info });
                 }
                 HistoryMsg::Shutdown => {}
+            }
+        }
+    }
+
+    /// Tells the sender how its event fared: an `ack` after the commit, or an error.
+    fn answer_origin(&mut self, origin: Origin, record: &EventRecord, outcome: Result<(), ErrorCode>) {
+        match (origin, outcome) {
+            (Origin::Conn(conn, reference), Ok(())) => {
+                let ack = ServerFrame::Ack {
+                    reference: reference.as_deref(),
+                    room: &record.room,
+                    seq: record.seq,
+                    ts: record.ts,
+                };
+                self.down.reply(conn, Reply::Frame(ack.to_frame()));
+            }
+            (Origin::Conn(conn, reference), Err(code)) => {
+                let message = "the event could not be stored; it was not sent";
+                let frame = ServerFrame::Error { reference: reference.as_deref(), code, message };
+                self.down.reply(conn, Reply::Frame(frame.to_frame()));
+            }
+            (Origin::Admin(id), outcome) => {
+                let result = outcome
+                    .map(|()| (record.room.clone(), record.seq, record.ts))
+                    .map_err(|_| "the event could not be stored");
+                let shared = &self.down.shared;
+                if shared.admin.push(AdminMsg::Published { id, result }).is_ok() {
+                    shared.admin.wake();
+                }
             }
         }
     }

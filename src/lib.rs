@@ -2,6 +2,7 @@
 //! durable history, served by a sharded mio event loop. See docs/architecture.md.
 
 pub mod acceptor;
+pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod config;
@@ -18,4 +19,5 @@ pub mod shard;
 pub mod store;
 pub mod sys;
 pub mod timer;
+pub mod web;
 pub mod ws;

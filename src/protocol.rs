@@ -381,6 +381,10 @@ pub enum ServerFrame<'a> {
         messages: &'a [HistoryItem],
         more: bool,
     },
+    Notification {
+        data: &'a RawValue,
+        ts: u64,
+    },
 }
 
 /// A message in a `history` page, with its edits, deletion and reactions folded in.

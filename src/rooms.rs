@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use crate::bus::{
     Audience, ConnRef, Delivery, Downstream, EventKind, EventRecord, Exclude, HistoryMsg, HomeMsg, JoinAnswer,
-    JoinRequest, Mutation, MutationOp, Publish, ReplayMode, Reply, ShardSet, TargetInfo,
+    JoinRequest, Mutation, MutationOp, Origin, Publish, ReplayMode, Reply, RoomDetail, RoomSummary, ShardSet,
+    TargetInfo,
 };
 use crate::names::{RoomKind, room_kind};
 use crate::protocol::{ErrorCode, ServerFrame};
@@ -126,9 +127,8 @@ impl HomeRooms {
     }
 
     fn publish(&mut self, p: Publish, ts: u64, out: &mut Vec<HomeOutput>) {
-        let origin = p.origin.map(|c| (c, p.reference));
         let kind = EventKind::Message { name: p.name, body: p.body, reply_to: p.reply_to };
-        self.emit(p.room, p.from, ts, kind, origin, out);
+        self.emit(p.room, p.from, ts, kind, p.origin, out);
     }
 
     /// Assigns the next seq to an event and sends it to be stored, then delivered and acked.
@@ -138,7 +138,7 @@ impl HomeRooms {
         from: Arc<str>,
         ts: u64,
         kind: EventKind,
-        origin: Option<(ConnRef, Option<Box<str>>)>,
+        origin: Origin,
         out: &mut Vec<HomeOutput>,
     ) {
         let room = self.rooms.entry(name.clone()).or_default();
@@ -149,7 +149,10 @@ impl HomeRooms {
             RoomKind::Direct(a, b) => (Audience::Users(a.into(), b.into()), ShardSet::all(self.shard_count)),
             _ => (Audience::Room, room.shards),
         };
-        let exclude = origin.as_ref().map_or(Exclude::Nobody, |(c, _)| Exclude::Conn(*c));
+        let exclude = match &origin {
+            Origin::Conn(c, _) => Exclude::Conn(*c),
+            Origin::Admin(_) => Exclude::Nobody,
+        };
         let delivery = Delivery { room: name.clone(), frame: frame.clone(), audience, exclude };
         let record = EventRecord { room: name, seq, ts, from, kind, frame };
         out.push(HomeOutput::History(HistoryMsg::Event { record, delivery, shards, origin }));
@@ -186,7 +189,7 @@ impl HomeRooms {
                     MutationOp::Delete => EventKind::Deleted { target: m.target },
                     MutationOp::React { emoji, add } => EventKind::Reaction { target: m.target, emoji, add },
                 };
-                self.emit(m.room, m.from, now_ms, kind, Some((m.origin, m.reference)), out);
+                self.emit(m.room, m.from, now_ms, kind, Origin::Conn(m.origin, m.reference), out);
             }
         }
         if let Some(room) = self.rooms.get_mut(name) {
@@ -221,6 +224,21 @@ impl HomeRooms {
         out.push(HomeOutput::Shard(conn.shard as usize, Downstream::Reply(conn, Reply::Frame(frame))));
     }
 
+    /// Rooms homed here whose name starts with `prefix`, by name.
+    pub fn summaries(&self, prefix: &str) -> Vec<RoomSummary> {
+        let mut rooms: Vec<RoomSummary> =
+            self.rooms.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(n, r)| summary(n, r)).collect();
+        rooms.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        rooms
+    }
+
+    pub fn detail(&self, name: &str) -> Option<RoomDetail> {
+        let (name, room) = self.rooms.get_key_value(name)?;
+        let mut users: Vec<Arc<str>> = room.users.keys().cloned().collect();
+        users.sort_unstable();
+        Some(RoomDetail { summary: summary(name, room), users })
+    }
+
     /// Rooms with members, and the largest of them by distinct users.
     pub fn stats(&self) -> (usize, Vec<(Arc<str>, usize)>) {
         let mut occupied: Vec<(Arc<str>, usize)> =
@@ -230,6 +248,11 @@ impl HomeRooms {
         occupied.truncate(TOP_ROOMS);
         (count, occupied)
     }
+}
+
+fn summary(name: &Arc<str>, room: &HomeRoom) -> RoomSummary {
+    let connections = room.conns.iter().map(|(_, n)| u64::from(*n)).sum();
+    RoomSummary { name: name.clone(), members: room.users.len(), connections, seq: room.seq }
 }
 
 /// Asks the history stage for the stored state of the next waiting mutation's target.
@@ -426,8 +449,7 @@ mod tests {
             room: room.into(),
             from: from.into(),
             name: None,
-            origin,
-            reference: Some("r1".into()),
+            origin: origin.map_or(Origin::Admin(0), |c| Origin::Conn(c, Some("r1".into()))),
             body: RawValue::from_string("1".into()).unwrap(),
             reply_to: None,
         };
@@ -494,7 +516,7 @@ mod tests {
             assert_eq!(event_seq(&out), want);
             let HomeOutput::History(HistoryMsg::Event { shards, origin, .. }) = &out[0] else { panic!() };
             assert_eq!(shards.iter().collect::<Vec<_>>(), vec![0, 1]);
-            assert!(origin.is_some());
+            assert!(matches!(origin, Origin::Conn(..)));
         }
         assert_eq!(event_seq(&publish(&mut h, "old", "bob", None)), 42, "continues after a restart");
     }

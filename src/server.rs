@@ -18,10 +18,10 @@ use socket2::{Domain, Socket, Type};
 
 use crate::acceptor::{self, Acceptor};
 use crate::auth::Verifier;
-use crate::bus::{self, AcceptorMsg, HistoryMsg, Inbox, ReadRequest, ShardMsg};
+use crate::bus::{self, AcceptorMsg, AdminMsg, HistoryMsg, Inbox, ReadRequest, ShardMsg};
 use crate::config::{Config, ConfigError};
 use crate::history::{Reader, Retention, Writer};
-use crate::metrics::ShardCounters;
+use crate::metrics::{Histogram, ShardCounters};
 use crate::shard::{self, Shard, ShardSetup};
 use crate::store::{self, StoreError};
 use crate::{history, logging, sys};
@@ -37,8 +37,12 @@ pub struct Shared {
     pub shard_inboxes: Vec<Inbox<ShardMsg>>,
     pub history: Inbox<HistoryMsg>,
     pub readers: Vec<Inbox<ReadRequest>>,
+    /// Answers for the admin socket's thread.
+    pub admin: Inbox<AdminMsg>,
     pub acceptor: Inbox<AcceptorMsg>,
     pub counters: Vec<ShardCounters>,
+    /// Written by the history writer only.
+    pub commit_latency: Histogram,
     /// Open WebSocket connections on all shards, for `server.max_connections`.
     pub ws_connections: AtomicUsize,
     /// No new upgrades; `/healthz` answers 503.
@@ -146,8 +150,10 @@ pub fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), S
         shard_inboxes,
         history: Inbox::with_parking(bus::HISTORY_INBOX),
         readers: (0..HISTORY_READERS).map(|_| Inbox::with_parking(bus::READER_INBOX)).collect(),
+        admin: Inbox::with_parking(bus::ADMIN_INBOX),
         acceptor: Inbox::with_waker(bus::ACCEPTOR_INBOX, acceptor_waker),
         counters: (0..shard_count).map(|_| ShardCounters::default()).collect(),
+        commit_latency: Histogram::default(),
         ws_connections: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
         shards_stopped: AtomicBool::new(false),

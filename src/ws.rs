@@ -29,11 +29,13 @@ pub struct Scratch {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
+    /// Bytes read from sockets since the last `take_bytes_read`.
+    bytes_read: u64,
 }
 
 impl Scratch {
     pub fn new() -> Scratch {
-        Scratch { buf: vec![0; SCRATCH_BYTES].into_boxed_slice(), start: 0, end: 0 }
+        Scratch { buf: vec![0; SCRATCH_BYTES].into_boxed_slice(), start: 0, end: 0, bytes_read: 0 }
     }
 
     /// Drops unread bytes (the connection they came from is being closed).
@@ -46,7 +48,12 @@ impl Scratch {
     /// which keeps its own small head buffer).
     pub fn read_from(&mut self, sock: &mut impl Read) -> io::Result<&[u8]> {
         let n = retry_interrupted(|| sock.read(&mut self.buf))?;
+        self.bytes_read += n as u64;
         Ok(&self.buf[..n])
+    }
+
+    pub fn take_bytes_read(&mut self) -> u64 {
+        std::mem::take(&mut self.bytes_read)
     }
 }
 
@@ -177,6 +184,7 @@ impl<S: Read> Read for WsIo<'_, S> {
             let n = retry_interrupted(|| self.sock.read(&mut s.buf))?;
             s.start = 0;
             s.end = n;
+            s.bytes_read += n as u64;
             self.bytes_read += n;
             if n == 0 {
                 return Ok(0);

@@ -345,17 +345,35 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
 }
 
-/// Sends raw request bytes and reads the whole response.
+/// Sends raw request bytes on a new connection and reads one response; returns (status, body).
 pub fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(WAIT)).unwrap();
     s.write_all(request.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let (status, _, body) = read_response(&mut s);
     (status, body)
+}
+
+/// Reads one HTTP response (head, then a Content-Length body): (status, head, body).
+pub fn read_response(s: &mut TcpStream) -> (u16, String, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return (0, String::from_utf8_lossy(&head).into_owned(), String::new()),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).expect("response body");
+    (status, head, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Polls `f` until it returns Some, or panics after WAIT.
