@@ -23,6 +23,7 @@ const MAX_SHARDS: usize = 128;
 const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 10_000;
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 /// Below this the shards would spend their time pinging instead of relaying.
 const MIN_HEARTBEAT_MS: u64 = 10;
@@ -104,6 +105,8 @@ pub struct ServerConfig {
     /// Empty = any Origin.
     pub allowed_origins: Vec<String>,
     pub echo: bool,
+    /// How long `drain` keeps serving existing connections before closing them with 1001.
+    pub drain_grace: Duration,
 }
 
 /// `[tls]`: PEM files; both are required once the section is present.
@@ -419,6 +422,8 @@ struct RawServer {
     heartbeat: Option<Duration>,
     allowed_origins: Option<Vec<String>>,
     echo: Option<bool>,
+    #[serde(deserialize_with = "duration::<_, 0>")]
+    drain_grace: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -496,6 +501,7 @@ impl RawConfig {
                 heartbeat: s.heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
                 allowed_origins: s.allowed_origins.unwrap_or_default(),
                 echo: s.echo.unwrap_or(DEFAULT_ECHO),
+                drain_grace: s.drain_grace.unwrap_or(DEFAULT_DRAIN_GRACE),
             },
             tls,
             auth: AuthConfig {
@@ -804,6 +810,7 @@ format = "text"             # or "json"
                 heartbeat: Duration::from_secs(30),
                 allowed_origins: vec![],
                 echo: false,
+                drain_grace: Duration::from_secs(10),
             },
             tls: None,
             auth: AuthConfig {

@@ -2,11 +2,13 @@
 //! durable history, served by a sharded mio event loop. See docs/architecture.md.
 
 pub mod acceptor;
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod history;
 pub mod http;
 pub mod logging;
@@ -18,6 +20,7 @@ pub mod server;
 pub mod shard;
 pub mod store;
 pub mod sys;
+pub mod systemd;
 pub mod timer;
 pub mod web;
 pub mod ws;

@@ -1,6 +1,7 @@
-//! The `roomcast` command line: `serve`, `token`, `check-config`. The only place errors
+//! The `roomcast` command line: `serve`, `token`, `check-config`, `admin`. The only place errors
 //! become exit codes; everything else lives in the library.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,18 @@ enum Command {
     },
     /// Validate a configuration file; exits non-zero with FILE:LINE:COL and the reason.
     CheckConfig { file: PathBuf },
+    /// Send one command to a running daemon's admin socket and print the reply.
+    Admin {
+        /// Find the socket through this configuration file (admin.socket).
+        #[arg(long, short, conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The admin socket itself.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The command and its arguments (`help` lists them).
+        #[arg(required = true, trailing_var_arg = true)]
+        command: Vec<String>,
+    },
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -66,6 +79,7 @@ fn main() -> ExitCode {
             mint_token(config, &sub, rooms.as_deref(), role.as_deref(), name.as_deref(), ttl)
         }
         Command::CheckConfig { file } => check_config(&file),
+        Command::Admin { config, socket, command } => return admin(config, socket, &command.join(" ")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +108,35 @@ fn mint_token(
     let request = MintRequest { sub, name, rooms, role, ttl: Some(ttl), now_unix };
     println!("{}", auth::mint(key, &request));
     Ok(())
+}
+
+/// Exit status: 0 when the reply says `"ok": true`, 1 otherwise.
+fn admin(config: Option<PathBuf>, socket: Option<PathBuf>, command: &str) -> ExitCode {
+    let socket = match (socket, config) {
+        (Some(socket), _) => socket,
+        (None, Some(file)) => match Config::load(&file) {
+            Ok(config) => config.admin.socket,
+            Err(e) => {
+                eprintln!("roomcast: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => Config::default().admin.socket,
+    };
+    let reply = match roomcast::admin::send_command(&socket, command) {
+        Ok(reply) => reply,
+        Err(e) => {
+            eprintln!("roomcast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = if std::io::stdout().is_terminal() {
+        serde_json::to_string_pretty(&reply).unwrap_or_else(|_| reply.to_string())
+    } else {
+        reply.to_string()
+    };
+    println!("{text}");
+    if reply["ok"] == true { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn check_config(file: &std::path::Path) -> Result<(), String> {

@@ -28,6 +28,10 @@ impl Counter {
         self.0.store(v.saturating_sub(n), Ordering::Relaxed);
     }
 
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -56,6 +60,8 @@ pub struct ShardCounters {
     /// Bytes read from and written to sockets (TLS records included).
     pub bytes_in: Counter,
     pub bytes_out: Counter,
+    /// Wall-clock milliseconds at the end of the shard's last loop turn (for the watchdog).
+    pub last_turn_ms: Counter,
     /// Tokens refused (at the upgrade or in an `auth` frame).
     pub auth_failures: Counter,
 }
@@ -153,6 +159,28 @@ pub fn render(shared: &Shared, parts: &[&StatsPart]) -> String {
         "# HELP roomcast_uptime_seconds Seconds since start.\n# TYPE roomcast_uptime_seconds gauge\nroomcast_uptime_seconds {uptime}"
     );
     out
+}
+
+/// `/stats` (and the admin `stats` command): counters summed, plus each shard's rooms and users.
+pub fn stats_json(shared: &Shared, parts: &[&StatsPart]) -> serde_json::Value {
+    let counters = &shared.counters;
+    let sum = |f: fn(&ShardCounters) -> &Counter| total(counters, f);
+    let mut top: Vec<(std::sync::Arc<str>, usize)> = parts.iter().flat_map(|p| p.top_rooms.iter().cloned()).collect();
+    top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    top.truncate(crate::rooms::TOP_ROOMS);
+    let top_rooms: serde_json::Map<String, serde_json::Value> =
+        top.into_iter().map(|(name, n)| (name.to_string(), n.into())).collect();
+    serde_json::json!({
+        "connections": sum(|c| &c.connections),
+        "authenticated": sum(|c| &c.authenticated),
+        "users": parts.iter().map(|p| p.users).sum::<usize>(),
+        "rooms": parts.iter().map(|p| p.rooms).sum::<usize>(),
+        "shards": counters.iter().map(|c| c.connections.get()).collect::<Vec<_>>(),
+        "messages_in": sum(|c| &c.messages_in),
+        "messages_out": sum(|c| &c.messages_out),
+        "uptime_s": shared.started.elapsed().as_secs(),
+        "top_rooms": top_rooms,
+    })
 }
 
 /// Sum of one field over all shards.

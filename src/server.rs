@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::{Poll, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -17,13 +17,16 @@ use signal_hook::iterator::Signals;
 use socket2::{Domain, Socket, Type};
 
 use crate::acceptor::{self, Acceptor};
+use crate::admin::{self, AdminError};
 use crate::auth::Verifier;
 use crate::bus::{self, AcceptorMsg, AdminMsg, HistoryMsg, Inbox, ReadRequest, ShardMsg};
 use crate::config::{Config, ConfigError};
+use crate::control::{Controller, SIGNAL_GRACE, push_until_taken};
 use crate::history::{Reader, Retention, Writer};
 use crate::metrics::{Histogram, ShardCounters};
 use crate::shard::{self, Shard, ShardSetup};
 use crate::store::{self, StoreError};
+use crate::systemd::{self, Notifier};
 use crate::{history, logging, sys};
 
 /// File descriptors kept back from connections (history database, admin socket, logs).
@@ -70,6 +73,7 @@ pub struct Overrides {
 pub enum ServeError {
     Config(ConfigError),
     Store(StoreError),
+    Admin(AdminError),
     DataDir { path: PathBuf, source: io::Error },
     Listen { addr: SocketAddr, source: io::Error },
     Setup(&'static str, io::Error),
@@ -81,6 +85,7 @@ impl fmt::Display for ServeError {
         match self {
             ServeError::Config(e) => write!(f, "{e}"),
             ServeError::Store(e) => write!(f, "{e}"),
+            ServeError::Admin(e) => write!(f, "{e}"),
             ServeError::DataDir { path, source } => {
                 write!(f, "data directory {} is not usable: {source}", path.display())
             }
@@ -122,6 +127,7 @@ pub fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), S
         return Err(ServeError::TlsUnsupported);
     }
     check_data_dir_writable(&config)?;
+    let admin_listener = admin::bind(&config.admin.socket).map_err(ServeError::Admin)?;
     let writer_conn =
         store::open_writer(&config.history.path, config.history.synchronous).map_err(ServeError::Store)?;
     let mut room_seqs = store::room_seqs(&writer_conn).map_err(ServeError::Store)?;
@@ -193,16 +199,27 @@ pub fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), S
     let acceptor =
         Acceptor::new(listener, acceptor_poll, shared.clone(), config.server.max_connections_per_ip, fd_budget);
     let acceptor = spawn("roomcast-acceptor", move || acceptor.run())?;
+    let notifier = Arc::new(Notifier::from_env());
+    let control = Arc::new(Controller::new(shared.clone(), config.clone(), config_path, overrides, notifier.clone()));
     let signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| ServeError::Setup("install signal handlers", e))?;
     let signal_handle = signals.handle();
     let signal_thread = spawn("roomcast-signals", {
-        let shared = shared.clone();
-        let config = config.clone();
-        move || handle_signals(signals, shared, config, config_path, overrides)
+        let control = control.clone();
+        move || handle_signals(signals, &control)
     })?;
+    // Not joined: it waits in accept() until the process exits.
+    spawn("roomcast-admin", {
+        let (shared, control) = (shared.clone(), control.clone());
+        move || admin::run(admin_listener, shared, control)
+    })?;
+    if let Some(interval) = systemd::watchdog_interval() {
+        let (shared, notifier) = (shared.clone(), notifier.clone());
+        spawn("roomcast-watchdog", move || systemd::run_watchdog(shared, notifier, interval))?;
+    }
 
     log::info!("roomcast listening on http://{local_addr} ({shard_count} shards, pid {})", std::process::id());
+    notifier.notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     for s in shards {
         let _ = s.join();
     }
@@ -223,8 +240,24 @@ pub fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), S
     let _ = acceptor.join();
     signal_handle.close();
     let _ = signal_thread.join();
+    let _ = std::fs::remove_file(&config.admin.socket);
     log::info!("roomcast stopped");
     Ok(())
+}
+
+fn handle_signals(mut signals: Signals, control: &Arc<Controller>) {
+    for signal in signals.forever() {
+        match signal {
+            SIGHUP => {
+                let _ = control.reload();
+            }
+            _ if control.is_stopping() => {
+                log::warn!("second stop signal: exiting now");
+                std::process::exit(1);
+            }
+            _ => control.drain(SIGNAL_GRACE),
+        }
+    }
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, ServeError> {
@@ -274,95 +307,4 @@ fn boot_nonce() -> u32 {
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
     // 24 bits: the session id keeps 8 bits for the shard and 32 for a counter.
     u32::from_le_bytes(bytes) & 0x00ff_ffff
-}
-
-fn handle_signals(
-    mut signals: Signals,
-    shared: Arc<Shared>,
-    mut config: Arc<Config>,
-    config_path: Option<PathBuf>,
-    overrides: Overrides,
-) {
-    for signal in signals.forever() {
-        match signal {
-            SIGHUP => {
-                if let Some(new) = reload(&shared, &config, config_path.as_deref(), &overrides) {
-                    config = new;
-                }
-            }
-            _ if shared.draining.load(Ordering::Relaxed) => {
-                log::warn!("second shutdown signal: exiting now");
-                std::process::exit(1);
-            }
-            _ => {
-                log::info!("shutdown requested: closing connections");
-                request_shutdown(&shared);
-            }
-        }
-    }
-}
-
-/// Stops accepting and asks every shard to close its connections (1001) and exit.
-pub fn request_shutdown(shared: &Shared) {
-    shared.draining.store(true, Ordering::Relaxed);
-    push_until_taken(&shared.acceptor, AcceptorMsg::Shutdown);
-    shared.acceptor.wake();
-    for inbox in &shared.shard_inboxes {
-        push_until_taken(inbox, ShardMsg::Shutdown);
-        inbox.wake();
-    }
-}
-
-fn push_until_taken<T>(inbox: &Inbox<T>, mut msg: T) {
-    while let Err(back) = inbox.push(msg) {
-        msg = back;
-        inbox.wake();
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Re-reads the configuration and hands the reloadable parts to every shard.
-fn reload(shared: &Shared, old: &Config, path: Option<&std::path::Path>, overrides: &Overrides) -> Option<Arc<Config>> {
-    let new = match load_config(path, overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("reload failed, keeping the running configuration: {e}");
-            return None;
-        }
-    };
-    for key in restart_only_changes(old, &new) {
-        log::warn!("reload: {key} changed but only takes effect after a restart");
-    }
-    logging::set_level(new.log.level);
-    let config = Arc::new(new);
-    let verifier = Arc::new(Verifier::new(&config.auth));
-    for inbox in &shared.shard_inboxes {
-        push_until_taken(inbox, ShardMsg::Reload { config: config.clone(), verifier: verifier.clone() });
-        inbox.wake();
-    }
-    log::info!("configuration reloaded ({} auth keys)", config.auth.keys.len());
-    Some(config)
-}
-
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    if old.server.listen != new.server.listen {
-        changed.push("server.listen");
-    }
-    if old.shard_count() != new.shard_count() {
-        changed.push("server.shards");
-    }
-    if old.server.max_connections_per_ip != new.server.max_connections_per_ip {
-        changed.push("server.max_connections_per_ip");
-    }
-    if old.history.path != new.history.path {
-        changed.push("history.path");
-    }
-    if old.admin.socket != new.admin.socket {
-        changed.push("admin.socket");
-    }
-    if old.log.format != new.log.format {
-        changed.push("log.format");
-    }
-    changed
 }

@@ -13,9 +13,8 @@ use crate::auth::Identity;
 use crate::bus::{Answer, HomeMsg, Origin, Publish, Query, ReadRequest, ShardMsg, StatsPart};
 use crate::conn::{CLOSE_GRACE_MS, Pending, Phase, Session, TokenBucket};
 use crate::http::{self, Decision, Endpoint, Failure, Framed, Gathered, Response, RouteEnv};
-use crate::metrics::{self, ShardCounters};
+use crate::metrics;
 use crate::protocol::ServerFrame;
-use crate::rooms::TOP_ROOMS;
 use crate::timer::{Millis, unix_millis};
 use crate::ws;
 
@@ -278,7 +277,7 @@ impl Shard {
         }
         let Some(gather) = self.gathers.remove(&id) else { return };
         let response = match gather.kind {
-            GatherKind::Stats => Response::json(200, &self.stats_json(stats_parts(&gather.answers))),
+            GatherKind::Stats => Response::json(200, &metrics::stats_json(&self.shared, &stats_parts(&gather.answers))),
             GatherKind::Metrics => {
                 let text = metrics::render(&self.shared, &stats_parts(&gather.answers));
                 Response::new(200, metrics::CONTENT_TYPE, text)
@@ -292,27 +291,6 @@ impl Shard {
     pub(super) fn stats_part(&self) -> StatsPart {
         let (rooms, top_rooms) = self.home.stats();
         StatsPart { rooms, users: self.online.len(), top_rooms }
-    }
-
-    fn stats_json(&self, parts: Vec<&StatsPart>) -> serde_json::Value {
-        let counters = &self.shared.counters;
-        let sum = |f: fn(&ShardCounters) -> &metrics::Counter| metrics::total(counters, f);
-        let mut top: Vec<(Arc<str>, usize)> = parts.iter().flat_map(|p| p.top_rooms.iter().cloned()).collect();
-        top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        top.truncate(TOP_ROOMS);
-        let top_rooms: serde_json::Map<String, serde_json::Value> =
-            top.into_iter().map(|(name, n)| (name.to_string(), n.into())).collect();
-        serde_json::json!({
-            "connections": sum(|c| &c.connections),
-            "authenticated": sum(|c| &c.authenticated),
-            "users": parts.iter().map(|p| p.users).sum::<usize>(),
-            "rooms": parts.iter().map(|p| p.rooms).sum::<usize>(),
-            "shards": counters.iter().map(|c| c.connections.get()).collect::<Vec<_>>(),
-            "messages_in": sum(|c| &c.messages_in),
-            "messages_out": sum(|c| &c.messages_out),
-            "uptime_s": self.shared.started.elapsed().as_secs(),
-            "top_rooms": top_rooms,
-        })
     }
 }
 

@@ -36,6 +36,8 @@ pub const WAKER_TOKEN: Token = Token(usize::MAX);
 const INBOX_BATCH: usize = 4096;
 /// How long connections get to finish their close handshakes at shutdown.
 const SHUTDOWN_GRACE_MS: Millis = 3_000;
+/// Longest sleep of an idle shard.
+const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Retry interval while an outbox waits for room in a full queue.
 const OUTBOX_RETRY: Duration = Duration::from_millis(1);
 
@@ -153,6 +155,7 @@ impl Shard {
             self.apply_closes(now);
             self.hand_over();
             self.flush_dirty(now);
+            self.counters().last_turn_ms.set(unix_millis());
             if let Some(deadline) = self.shutdown_deadline
                 && (self.conns.is_empty() || now >= deadline)
             {
@@ -172,12 +175,9 @@ impl Shard {
             || !self.acceptor_out.is_empty()
             || self.reader_out.iter().any(|o| !o.is_empty())
             || self.outboxes.iter().any(|o| !o.is_empty());
-        let timer = self.wheel.next_timeout(self.clock.now());
-        match (waiting, timer) {
-            (true, Some(t)) => Some(t.min(OUTBOX_RETRY)),
-            (true, None) => Some(OUTBOX_RETRY),
-            (false, t) => t,
-        }
+        // Turn at least once a second even when idle, so the watchdog sees the loop alive.
+        let timer = self.wheel.next_timeout(self.clock.now()).unwrap_or(MAX_IDLE_WAIT).min(MAX_IDLE_WAIT);
+        Some(if waiting { timer.min(OUTBOX_RETRY) } else { timer })
     }
 
     fn conn_ref(&self, key: u32, generation: u32) -> ConnRef {

@@ -78,10 +78,15 @@ impl Daemon {
 
     /// Starts on an existing data directory (e.g. after a restart).
     pub fn start_in(dir: PathBuf, extra: Overrides) -> Daemon {
+        Daemon::start_env(dir, extra, &[])
+    }
+
+    /// Starts with extra environment variables (e.g. NOTIFY_SOCKET).
+    pub fn start_env(dir: PathBuf, extra: Overrides, env: &[(&str, &str)]) -> Daemon {
         let config_path = dir.join("roomcast.toml");
         std::fs::write(&config_path, config_text(&dir, extra)).expect("write config");
         let config = config_path.to_str().expect("utf-8 path").to_string();
-        let mut d = Daemon::spawn(&dir, &["serve", "--config", &config]);
+        let mut d = Daemon::spawn_env(&dir, &["serve", "--config", &config], env);
         d.config_path = config_path;
         d.wait_until_listening();
         d
@@ -89,8 +94,13 @@ impl Daemon {
 
     /// Runs `roomcast <args>` in `dir` without waiting for anything.
     pub fn spawn(dir: &Path, args: &[&str]) -> Daemon {
+        Daemon::spawn_env(dir, args, &[])
+    }
+
+    pub fn spawn_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -172,6 +182,19 @@ impl Daemon {
         let welcome = c.recv_type("welcome");
         assert_eq!(welcome["user"], user);
         c
+    }
+
+    /// Runs `roomcast admin --config <ours> <command>`: (exit success, reply JSON).
+    pub fn admin(&self, command: &str) -> (bool, Value) {
+        let out = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+            .args(["admin", "--config"])
+            .arg(&self.config_path)
+            .args(command.split(' '))
+            .output()
+            .expect("run roomcast admin");
+        let reply = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("admin {command}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), reply)
     }
 
     /// `/stats` as JSON.
