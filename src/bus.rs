@@ -417,11 +417,8 @@ pub enum ShardMsg {
         room: Arc<str>,
         last_seq: u64,
     },
-    /// A re-read configuration (auth keys, limits) to use from now on.
-    Reload {
-        config: Arc<Config>,
-        verifier: Arc<Verifier>,
-    },
+    /// A re-read configuration (auth keys, limits, TLS certificate) to use from now on.
+    Reload(Box<Reload>),
     Shutdown,
 }
 
@@ -434,6 +431,14 @@ pub enum AcceptorMsg {
         counted: bool,
     },
     Shutdown,
+}
+
+#[derive(Debug)]
+pub struct Reload {
+    pub config: Arc<Config>,
+    pub verifier: Arc<Verifier>,
+    /// A re-read certificate and key, when TLS is on.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A bounded lock-free queue and the way to wake its consumer.

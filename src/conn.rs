@@ -3,11 +3,10 @@
 //! it never looks at rooms or other connections (the shard does that with what it returns).
 
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use mio::net::TcpStream;
 use tungstenite::Message;
 use tungstenite::error::{Error as WsError, ProtocolError};
 use tungstenite::protocol::WebSocketContext;
@@ -17,6 +16,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::auth::Identity;
 use crate::http::Endpoint;
 use crate::timer::Millis;
+use crate::transport::Transport;
 use crate::ws::{self, Flushed, OutQueue, Scratch, WsIo};
 
 /// How long a closing connection may take to finish the close handshake and hang up.
@@ -28,7 +28,8 @@ const DISCARD_READS_PER_TURN: usize = 4;
 pub static PING_FRAME: Bytes = Bytes::from_static(&[0x89, 0x00]);
 
 pub struct Connection {
-    pub socket: TcpStream,
+    /// The socket, plain or under TLS.
+    pub transport: Transport,
     pub peer: SocketAddr,
     pub generation: u32,
     /// The acceptor counted this connection against its address's limit.
@@ -184,9 +185,9 @@ pub enum TimerAction {
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, peer: SocketAddr, generation: u32, counted: bool, deadline: Millis) -> Connection {
+    pub fn new(transport: Transport, peer: SocketAddr, generation: u32, counted: bool, deadline: Millis) -> Connection {
         Connection {
-            socket,
+            transport,
             peer,
             generation,
             counted,
@@ -217,7 +218,7 @@ impl Connection {
     pub fn read_http(&mut self, scratch: &mut Scratch, limit: usize) -> io::Result<bool> {
         let Phase::Http(http) = &mut self.phase else { return Ok(false) };
         while http.buf.len() < limit {
-            match scratch.read_from(&mut self.socket) {
+            match scratch.read_from(&mut self.transport) {
                 Ok([]) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(bytes) => http.buf.extend_from_slice(bytes),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -230,7 +231,7 @@ impl Connection {
     /// Reads every message available on an open connection into `msgs`.
     pub fn read_messages(&mut self, scratch: &mut Scratch, now: Millis, msgs: &mut Vec<Message>) -> ReadOutcome {
         let Phase::Open(session) = &mut self.phase else { return ReadOutcome::Drained { more: false } };
-        let mut io = WsIo::new(&mut self.socket, scratch, &mut self.out);
+        let mut io = WsIo::new(&mut self.transport, scratch, &mut self.out);
         let outcome = loop {
             match session.ws.read(&mut io) {
                 // tungstenite holds its answer until the messages before the close are handled.
@@ -266,7 +267,7 @@ impl Connection {
         let session = self.take_session()?;
         let (mut ws, ended) = session.end();
         let frame = CloseFrame { code, reason: reason.into() };
-        let _ = ws.close(&mut WsIo::new(&mut self.socket, scratch, &mut self.out), Some(frame));
+        let _ = ws.close(&mut WsIo::new(&mut self.transport, scratch, &mut self.out), Some(frame));
         self.phase = closing(stream_ok.then_some(ws), now, !stream_ok);
         Some(ended)
     }
@@ -276,7 +277,7 @@ impl Connection {
     pub fn finish_after_peer_close(&mut self, now: Millis, scratch: &mut Scratch) -> Option<Ended> {
         let session = self.take_session()?;
         let (mut ws, ended) = session.end();
-        let _ = ws.flush(&mut WsIo::new(&mut self.socket, scratch, &mut self.out));
+        let _ = ws.flush(&mut WsIo::new(&mut self.transport, scratch, &mut self.out));
         self.phase = closing(None, now, true);
         Some(ended)
     }
@@ -309,7 +310,7 @@ impl Connection {
     pub fn read_closing(&mut self, scratch: &mut Scratch) -> bool {
         let Phase::Closing(c) = &mut self.phase else { return true };
         if let Some(ws) = &mut c.ws {
-            let mut io = WsIo::new(&mut self.socket, scratch, &mut self.out);
+            let mut io = WsIo::new(&mut self.transport, scratch, &mut self.out);
             loop {
                 match ws.read(&mut io) {
                     Ok(Message::Close(_)) => {
@@ -327,7 +328,7 @@ impl Connection {
             scratch.clear();
         } else {
             for _ in 0..DISCARD_READS_PER_TURN {
-                match scratch.read_from(&mut self.socket) {
+                match scratch.read_from(&mut self.transport) {
                     Ok([]) => {
                         c.peer_done = true;
                         break;
@@ -347,16 +348,19 @@ impl Connection {
     /// Writes what is queued; returns the bytes written. An error means the socket is dead.
     pub fn flush(&mut self) -> io::Result<usize> {
         let before = self.out.pending();
-        self.write_blocked = matches!(self.out.flush(&mut self.socket)?, Flushed::Blocked);
+        let queue = self.out.flush(&mut self.transport)?;
+        let records_left = self.transport.flush_records()?;
+        self.write_blocked = matches!(queue, Flushed::Blocked) || records_left;
         let written = before - self.out.pending();
         if let Phase::Closing(c) = &mut self.phase
             && self.out.is_empty()
+            && !records_left
             && !c.write_shut
         {
             // Our last bytes are out: send FIN, but keep reading so that unread input does not
             // turn our close into a reset that could destroy the frame we just sent.
             c.write_shut = true;
-            let _ = self.socket.shutdown(Shutdown::Write);
+            self.transport.shutdown_write();
         }
         Ok(written)
     }
@@ -364,6 +368,7 @@ impl Connection {
     /// A closing connection whose output is written and whose peer is done can be dropped.
     pub fn is_finished(&self) -> bool {
         matches!(&self.phase, Phase::Closing(c) if c.peer_done && self.out.is_empty())
+            && !self.transport.has_pending_records()
     }
 
     /// Applies the deadlines of the current phase.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use crate::auth::Verifier;
-use crate::bus::{AcceptorMsg, Inbox, ShardMsg};
+use crate::bus::{AcceptorMsg, Inbox, Reload, ShardMsg};
 use crate::config::Config;
 use crate::logging;
 use crate::server::{Overrides, Shared, load_config};
@@ -74,11 +74,17 @@ impl Controller {
         let new = load_config(self.config_path.as_deref(), &self.overrides).map_err(|e| e.to_string())?;
         let mut current = self.config.lock().unwrap_or_else(PoisonError::into_inner);
         let restart = restart_only_changes(&current, &new);
+        // Turning TLS on or off changes what the listener speaks: that waits for a restart.
+        let tls = match (&current.tls, &new.tls) {
+            (Some(_), Some(tls)) => Some(crate::tls::load(tls).map_err(|e| e.to_string())?),
+            _ => None,
+        };
         logging::set_level(new.log.level);
         let config = Arc::new(new);
         let verifier = Arc::new(Verifier::new(&config.auth));
         for inbox in &self.shared.shard_inboxes {
-            push_until_taken(inbox, ShardMsg::Reload { config: config.clone(), verifier: verifier.clone() });
+            let reload = Reload { config: config.clone(), verifier: verifier.clone(), tls: tls.clone() };
+            push_until_taken(inbox, ShardMsg::Reload(Box::new(reload)));
             inbox.wake();
         }
         *current = config;
@@ -140,7 +146,8 @@ pub fn push_until_taken<T>(inbox: &Inbox<T>, mut msg: T) {
 }
 
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 7] = [
+    let checks: [(&'static str, bool); 8] = [
+        ("tls (on/off)", old.tls.is_some() != new.tls.is_some()),
         ("server.listen", old.server.listen != new.server.listen),
         ("server.shards", old.shard_count() != new.shard_count()),
         ("server.max_connections_per_ip", old.server.max_connections_per_ip != new.server.max_connections_per_ip),

@@ -22,5 +22,7 @@ pub mod store;
 pub mod sys;
 pub mod systemd;
 pub mod timer;
+pub mod tls;
+pub mod transport;
 pub mod web;
 pub mod ws;

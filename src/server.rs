@@ -77,7 +77,7 @@ pub enum ServeError {
     DataDir { path: PathBuf, source: io::Error },
     Listen { addr: SocketAddr, source: io::Error },
     Setup(&'static str, io::Error),
-    TlsUnsupported,
+    Tls(crate::tls::TlsError),
 }
 
 impl fmt::Display for ServeError {
@@ -94,9 +94,7 @@ impl fmt::Display for ServeError {
             }
             ServeError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             ServeError::Setup(what, source) => write!(f, "cannot {what}: {source}"),
-            ServeError::TlsUnsupported => {
-                write!(f, "[tls] is configured but this build serves plain TCP only; remove [tls]")
-            }
+            ServeError::Tls(e) => write!(f, "{e}"),
         }
     }
 }
@@ -123,9 +121,7 @@ pub fn load_config(path: Option<&std::path::Path>, overrides: &Overrides) -> Res
 pub fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), ServeError> {
     let config = load_config(config_path.as_deref(), &overrides)?;
     logging::init(config.log.level, config.log.format);
-    if config.tls.is_some() {
-        return Err(ServeError::TlsUnsupported);
-    }
+    let tls = config.tls.as_ref().map(crate::tls::load).transpose().map_err(ServeError::Tls)?;
     check_data_dir_writable(&config)?;
     let admin_listener = admin::bind(&config.admin.socket).map_err(ServeError::Admin)?;
     let writer_conn =
@@ -192,6 +188,7 @@ pub fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), S
             shared: shared.clone(),
             config: config.clone(),
             verifier: verifier.clone(),
+            tls: tls.clone(),
             room_seqs: mine,
         };
         shards.push(spawn(&format!("roomcast-shard-{index}"), move || Shard::new(setup).run())?);
@@ -218,7 +215,8 @@ pub fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), S
         spawn("roomcast-watchdog", move || systemd::run_watchdog(shared, notifier, interval))?;
     }
 
-    log::info!("roomcast listening on http://{local_addr} ({shard_count} shards, pid {})", std::process::id());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    log::info!("roomcast listening on {scheme}://{local_addr} ({shard_count} shards, pid {})", std::process::id());
     notifier.notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     for s in shards {
         let _ = s.join();

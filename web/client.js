@@ -299,9 +299,11 @@ function scheduleReconnect() {
   setState("reconnecting");
 }
 
+/** "Reconnect now": skips the rest of a backoff, or after a stop (a kick, a policy close)
+ * reconnects with the same token once the person decides to. */
 function retryNow() {
-  if (conn.state !== "reconnecting") return;
-  openSocket();
+  if (conn.state === "reconnecting") openSocket();
+  else if (conn.state === "closed" && conn.token && !conn.note) connect(conn.token);
 }
 
 /** A dead peer behind a silent network is never noticed by the socket itself. Ping at the
@@ -650,6 +652,7 @@ function addMessage(room, msg, { live }) {
     for (const ev of orphans) applyOp(msg, ev);
   }
   renderMessage(room, msg);
+  if (room.messages.size === 1) renderHistoryTop(room); // "No messages yet" goes
   if (live && msg.from !== conn.user && room !== activeRoom) {
     room.unread += 1;
     renderRoomList();
@@ -917,7 +920,7 @@ function renderConn() {
   ui.me.textContent = conn.user && conn.state === "open" ? `as ${displayName(conn.user)}` : "";
   ui.me.title = conn.user || "";
   ui.session.textContent = conn.session ? `session ${conn.session}` : "";
-  ui.retry.hidden = conn.state !== "reconnecting";
+  ui.retry.hidden = !(conn.state === "reconnecting" || (conn.state === "closed" && conn.token && !conn.note));
   ui.disconnect.hidden = !["connecting", "open", "reconnecting"].includes(conn.state);
   ui.tokenForm.hidden = !ui.disconnect.hidden;
   for (const room of rooms.values()) renderComposerState(room);
@@ -1007,7 +1010,9 @@ function renderRoom(room) {
 function renderRoomHeader(room) {
   const peer = room.peer || dmPeer(room.name);
   room.el.title.textContent = peer ? `Direct messages with ${displayName(peer)}` : `# ${room.name}`;
-  const status = { joining: "joining…", joined: `${room.members} member${room.members === 1 ? "" : "s"}`, offline: "offline" }[room.status];
+  // `members` is a snapshot taken at join; the presence list keeps it current afterwards.
+  const members = room.presence.size || room.members;
+  const status = { joining: "joining…", joined: `${members} member${members === 1 ? "" : "s"}`, offline: "offline" }[room.status];
   room.el.meta.textContent = status || "";
 }
 
@@ -1125,6 +1130,7 @@ function renderOutbox(room) {
 }
 
 function renderPresence(room) {
+  renderRoomHeader(room);
   const users = [...room.presence].sort();
   room.el.presenceTitle.textContent = room.status === "joined" ? `In this room (${users.length})` : "In this room";
   room.el.presence.replaceChildren(...users.map((user) => {
@@ -1313,7 +1319,9 @@ function wireGlobal() {
     openDm(user);
   });
   // Back online: no reason to sit out the rest of a long backoff.
-  window.addEventListener("online", retryNow);
+  window.addEventListener("online", () => {
+    if (conn.state === "reconnecting") openSocket();
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

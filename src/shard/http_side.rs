@@ -50,6 +50,10 @@ impl Shard {
                 Ok(at_limit) => at_limit,
                 Err(_) => return self.destroy(key),
             };
+            // A TLS handshake answers inside reads; its records must go out.
+            if conn.transport.has_pending_records() {
+                mark_dirty(conn, key, &mut self.dirty);
+            }
             self.serve_requests(key, now);
             // Stopped at the limit with requests answered: the socket may hold more.
             let progressed =

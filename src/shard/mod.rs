@@ -20,7 +20,7 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
 use crate::auth::Verifier;
-use crate::bus::{self, AcceptorMsg, ConnRef, Downstream, HistoryMsg, HomeMsg, Outbox, ReadRequest, ShardMsg};
+use crate::bus::{self, AcceptorMsg, ConnRef, Downstream, HistoryMsg, HomeMsg, Outbox, ReadRequest, Reload, ShardMsg};
 use crate::config::Config;
 use crate::conn::{CLOSE_GRACE_MS, Connection, Ended, JoinState, Membership, Phase, ReadOutcome, TimerAction};
 use crate::http::Endpoint;
@@ -28,6 +28,7 @@ use crate::metrics::ShardCounters;
 use crate::rooms::{HomeOutput, HomeRooms, LocalIndex, OnlineUsers};
 use crate::server::Shared;
 use crate::timer::{Clock, Millis, TimerEntry, Wheel, unix_millis};
+use crate::transport::Transport;
 use crate::ws::{self, Scratch};
 
 /// The token of the shard's waker; every other token is a slab key.
@@ -48,6 +49,8 @@ pub struct ShardSetup {
     pub shared: Arc<Shared>,
     pub config: Arc<Config>,
     pub verifier: Arc<Verifier>,
+    /// Set when the listener speaks TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Last stored seq of each room homed on this shard.
     pub room_seqs: HashMap<Arc<str>, u64>,
 }
@@ -58,6 +61,7 @@ pub struct Shard {
     shared: Arc<Shared>,
     config: Arc<Config>,
     verifier: Arc<Verifier>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     clock: Clock,
     conns: Slab<Connection>,
     next_generation: u32,
@@ -102,6 +106,7 @@ impl Shard {
             shared: setup.shared,
             config: setup.config,
             verifier: setup.verifier,
+            tls: setup.tls,
             wheel: Wheel::new(clock.now()),
             clock,
             conns: Slab::new(),
@@ -227,8 +232,9 @@ impl Shard {
         let mut msgs = std::mem::take(&mut self.msgs);
         let outcome = conn.read_messages(&mut self.scratch, now, &mut msgs);
         self.scratch.clear();
-        // tungstenite answers pings (and closes) on its own, into our queue.
-        if !conn.out.is_empty() {
+        // tungstenite answers pings (and closes) on its own, into our queue; TLS may have
+        // records of its own to send (key updates, alerts).
+        if !conn.out.is_empty() || conn.transport.has_pending_records() {
             mark_dirty(conn, key, &mut self.dirty);
         }
         for msg in msgs.drain(..) {
@@ -346,15 +352,19 @@ impl Shard {
                 self.home_out = out;
             }
             ShardMsg::Rollback { room, last_seq } => self.home.rollback(&room, last_seq),
-            ShardMsg::Reload { config, verifier } => self.reload(config, verifier),
+            ShardMsg::Reload(reload) => self.reload(*reload),
             ShardMsg::Shutdown => self.begin_shutdown(now),
         }
     }
 
-    fn reload(&mut self, config: Arc<Config>, verifier: Arc<Verifier>) {
-        self.home.set_max_replay(config.history.max_replay);
-        self.config = config;
-        self.verifier = verifier;
+    fn reload(&mut self, reload: Reload) {
+        self.home.set_max_replay(reload.config.history.max_replay);
+        self.config = reload.config;
+        self.verifier = reload.verifier;
+        // Connections keep the TLS session they started with; new ones get the new certificate.
+        if reload.tls.is_some() {
+            self.tls = reload.tls;
+        }
     }
 
     fn adopt(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr, counted: bool, now: Millis) {
@@ -370,10 +380,18 @@ impl Shard {
             self.acceptor_out.push(AcceptorMsg::Closed { ip: peer.ip(), shard: self.index as u16, counted });
             return;
         }
+        let transport = match Transport::new(stream, self.tls.as_ref()) {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("{peer}: cannot start TLS: {e}");
+                self.acceptor_out.push(AcceptorMsg::Closed { ip: peer.ip(), shard: self.index as u16, counted });
+                return;
+            }
+        };
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let deadline = now + self.config.server.handshake_timeout.as_millis() as Millis;
-        entry.insert(Connection::new(stream, peer, generation, counted, deadline));
+        entry.insert(Connection::new(transport, peer, generation, counted, deadline));
         self.schedule(key as u32, deadline);
     }
 
@@ -450,7 +468,7 @@ impl Shard {
         if let Some(ended) = conn.abandon() {
             self.retire(key, ended);
         }
-        let _ = self.poll.registry().deregister(&mut conn.socket);
+        let _ = self.poll.registry().deregister(conn.transport.socket());
         let ip = conn.peer.ip();
         self.acceptor_out.push(AcceptorMsg::Closed { ip, shard: self.index as u16, counted: conn.counted });
     }

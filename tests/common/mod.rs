@@ -124,8 +124,8 @@ impl Daemon {
 
     /// Waits for the "listening on" line and records the address.
     pub fn wait_until_listening(&mut self) {
-        let line = self.wait_for_log("listening on http://");
-        let addr = line.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).expect("address");
+        let line = self.wait_for_log("listening on http");
+        let addr = line.split("://").nth(1).and_then(|s| s.split_whitespace().next()).expect("address");
         self.addr = addr.parse().expect("socket address");
     }
 
