@@ -17,7 +17,7 @@ use crate::auth::Identity;
 use crate::http::Endpoint;
 use crate::timer::Millis;
 use crate::transport::Transport;
-use crate::ws::{self, Flushed, OutQueue, Scratch, WsIo};
+use crate::ws::{self, Flushed, FrameTracker, OutQueue, Scratch, WsIo};
 
 /// How long a closing connection may take to finish the close handshake and hang up.
 pub const CLOSE_GRACE_MS: Millis = 2_000;
@@ -70,7 +70,10 @@ pub struct Pending {
 
 /// An open WebSocket connection.
 pub struct Session {
-    pub ws: WebSocketContext,
+    /// tungstenite's state, `None` while the client's input rests between messages: an idle
+    /// connection keeps no read buffer, and a fresh context takes over when bytes arrive.
+    pub ws: Option<Box<WebSocketContext>>,
+    pub frames: FrameTracker,
     pub endpoint: Endpoint,
     pub id: u64,
     pub identity: Option<Identity>,
@@ -110,8 +113,11 @@ pub struct Ended {
 }
 
 impl Session {
-    fn end(self: Box<Self>) -> (WebSocketContext, Ended) {
-        let Session { ws, endpoint, identity, rooms, .. } = *self;
+    /// Ends the session: its tungstenite state (fresh if it had let go of it), and what the
+    /// shard must clean up.
+    fn end(self, max_frame_bytes: usize) -> (Box<WebSocketContext>, Ended) {
+        let Session { ws, endpoint, identity, rooms, .. } = self;
+        let ws = ws.unwrap_or_else(|| Box::new(ws::server_context(max_frame_bytes, Vec::new())));
         (ws, Ended { endpoint, identity, rooms })
     }
 
@@ -126,7 +132,7 @@ impl Session {
 
 pub struct Closing {
     /// Kept while the peer may still answer our close frame.
-    pub ws: Option<WebSocketContext>,
+    pub ws: Option<Box<WebSocketContext>>,
     pub deadline: Millis,
     pub write_shut: bool,
     /// The peer answered our close, hung up, or cannot be read any more.
@@ -229,11 +235,18 @@ impl Connection {
     }
 
     /// Reads every message available on an open connection into `msgs`.
-    pub fn read_messages(&mut self, scratch: &mut Scratch, now: Millis, msgs: &mut Vec<Message>) -> ReadOutcome {
+    pub fn read_messages(
+        &mut self,
+        scratch: &mut Scratch,
+        now: Millis,
+        max_frame_bytes: usize,
+        msgs: &mut Vec<Message>,
+    ) -> ReadOutcome {
         let Phase::Open(session) = &mut self.phase else { return ReadOutcome::Drained { more: false } };
-        let mut io = WsIo::new(&mut self.transport, scratch, &mut self.out);
+        let ws = session.ws.get_or_insert_with(|| Box::new(ws::server_context(max_frame_bytes, Vec::new())));
+        let mut io = WsIo::new(&mut self.transport, scratch, &mut self.out).tracking(&mut session.frames);
         let outcome = loop {
-            match session.ws.read(&mut io) {
+            match ws.read(&mut io) {
                 // tungstenite holds its answer until the messages before the close are handled.
                 Ok(Message::Close(_)) => break ReadOutcome::PeerClosed,
                 Ok(msg) => msgs.push(msg),
@@ -250,6 +263,9 @@ impl Connection {
         if io.bytes_read > 0 {
             session.last_seen = now;
         }
+        if outcome == (ReadOutcome::Drained { more: false }) && session.frames.at_rest() {
+            session.ws = None;
+        }
         outcome
     }
 
@@ -263,12 +279,15 @@ impl Connection {
         now: Millis,
         stream_ok: bool,
         scratch: &mut Scratch,
+        max_frame_bytes: usize,
     ) -> Option<Ended> {
         let session = self.take_session()?;
-        let (mut ws, ended) = session.end();
+        let (mut ws, ended) = (*session).end(max_frame_bytes);
         let frame = CloseFrame { code, reason: reason.into() };
         let _ = ws.close(&mut WsIo::new(&mut self.transport, scratch, &mut self.out), Some(frame));
-        self.phase = closing(stream_ok.then_some(ws), now, !stream_ok);
+        // Either way the peer is not done: its close answer, or whatever it still sends,
+        // is read (or discarded) until it hangs up or the grace period ends.
+        self.phase = closing(stream_ok.then_some(ws), now, false);
         Some(ended)
     }
 
@@ -276,7 +295,8 @@ impl Connection {
     /// finish once it is written.
     pub fn finish_after_peer_close(&mut self, now: Millis, scratch: &mut Scratch) -> Option<Ended> {
         let session = self.take_session()?;
-        let (mut ws, ended) = session.end();
+        // It just read the close, so it has its tungstenite state.
+        let (mut ws, ended) = (*session).end(0);
         let _ = ws.flush(&mut WsIo::new(&mut self.transport, scratch, &mut self.out));
         self.phase = closing(None, now, true);
         Some(ended)
@@ -286,7 +306,8 @@ impl Connection {
     pub fn abandon(&mut self) -> Option<Ended> {
         let session = self.take_session()?;
         self.phase = closing(None, 0, true);
-        Some(session.end().1)
+        let Session { endpoint, identity, rooms, .. } = *session;
+        Some(Ended { endpoint, identity, rooms })
     }
 
     /// Moves the open session out, leaving a finished `Closing` the caller replaces as needed.
@@ -404,7 +425,7 @@ impl Connection {
     }
 }
 
-fn closing(ws: Option<WebSocketContext>, now: Millis, peer_done: bool) -> Phase {
+fn closing(ws: Option<Box<WebSocketContext>>, now: Millis, peer_done: bool) -> Phase {
     Phase::Closing(Box::new(Closing { ws, deadline: now + CLOSE_GRACE_MS, write_shut: false, peer_done }))
 }
 

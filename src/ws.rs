@@ -21,7 +21,7 @@ const MAX_SERVER_HEADER: usize = 10;
 const MAX_IOVECS: usize = 64;
 /// tungstenite grows its per-connection read buffer in steps of this size: small, because the
 /// bytes come from the shard's scratch buffer by memcpy, and idle connections keep what they hold.
-const WS_READ_STEP: usize = 256;
+const WS_READ_STEP: usize = 64;
 
 /// A shard's read buffer: a socket read lands here, then tungstenite copies out what it needs.
 /// Every byte is consumed before the shard moves on to another connection.
@@ -149,12 +149,66 @@ impl OutQueue {
     }
 }
 
+/// Longest header of a (masked) client frame.
+const MAX_CLIENT_HEADER: usize = 14;
+
+/// Where a client's byte stream stands between frames, followed beside tungstenite (with its
+/// header parser) so that a connection whose input rests between messages can let go of its
+/// tungstenite state and buffers until more bytes come.
+#[derive(Debug, Default)]
+pub struct FrameTracker {
+    header: [u8; MAX_CLIENT_HEADER],
+    header_len: u8,
+    payload_left: u64,
+    /// A fragmented data message is open: its final fragment has not come yet.
+    fragmented: bool,
+    /// The stream stopped parsing; tungstenite reports why, and nothing is let go of.
+    broken: bool,
+}
+
+impl FrameTracker {
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.broken {
+            if self.payload_left > 0 {
+                let take = self.payload_left.min(bytes.len() as u64);
+                self.payload_left -= take;
+                bytes = &bytes[take as usize..];
+                continue;
+            }
+            self.header[self.header_len as usize] = bytes[0];
+            self.header_len += 1;
+            bytes = &bytes[1..];
+            let mut cursor = std::io::Cursor::new(&self.header[..self.header_len as usize]);
+            match FrameHeader::parse(&mut cursor) {
+                Ok(None) if (self.header_len as usize) < MAX_CLIENT_HEADER => {}
+                Ok(Some((header, len))) => {
+                    self.header_len = 0;
+                    self.payload_left = len;
+                    match header.opcode {
+                        OpCode::Data(Data::Continue) => self.fragmented &= !header.is_final,
+                        OpCode::Data(_) => self.fragmented = !header.is_final,
+                        OpCode::Control(_) => {}
+                    }
+                }
+                _ => self.broken = true,
+            }
+        }
+    }
+
+    /// Between messages: no partial frame, no fragmented message open.
+    pub fn at_rest(&self) -> bool {
+        self.header_len == 0 && self.payload_left == 0 && !self.fragmented && !self.broken
+    }
+}
+
 /// The stream tungstenite sees: reads come from the socket through the shard's scratch buffer,
 /// writes (pongs, close frames) go to the connection's queue and never block.
 pub struct WsIo<'a, S: Read> {
     sock: &'a mut S,
     scratch: &'a mut Scratch,
     out: &'a mut OutQueue,
+    /// Follows every byte handed to tungstenite, when the caller wants to know where it rests.
+    tracker: Option<&'a mut FrameTracker>,
     reads_left: u8,
     /// The per-turn read budget ran out with the socket possibly still readable.
     pub budget_exhausted: bool,
@@ -164,7 +218,12 @@ pub struct WsIo<'a, S: Read> {
 
 impl<'a, S: Read> WsIo<'a, S> {
     pub fn new(sock: &'a mut S, scratch: &'a mut Scratch, out: &'a mut OutQueue) -> Self {
-        WsIo { sock, scratch, out, reads_left: READS_PER_TURN, budget_exhausted: false, bytes_read: 0 }
+        WsIo { sock, scratch, out, tracker: None, reads_left: READS_PER_TURN, budget_exhausted: false, bytes_read: 0 }
+    }
+
+    pub fn tracking(mut self, tracker: &'a mut FrameTracker) -> Self {
+        self.tracker = Some(tracker);
+        self
     }
 
     pub fn out(&mut self) -> &mut OutQueue {
@@ -193,6 +252,9 @@ impl<S: Read> Read for WsIo<'_, S> {
         let n = buf.len().min(s.end - s.start);
         buf[..n].copy_from_slice(&s.buf[s.start..s.start + n]);
         s.start += n;
+        if let Some(tracker) = &mut self.tracker {
+            tracker.feed(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -270,6 +332,46 @@ pub fn close_code_for(err: &WsError) -> Option<CloseCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A masked client frame (zero mask, so the payload reads as is).
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let is_final = first & 0x80 != 0;
+        let header =
+            FrameHeader { is_final, opcode: OpCode::from(first & 0x0f), mask: Some([0; 4]), ..FrameHeader::default() };
+        let mut frame = Vec::new();
+        header.format(payload.len() as u64, &mut frame).unwrap();
+        frame.extend(payload);
+        frame
+    }
+
+    #[test]
+    fn frame_tracker_rests_only_between_messages() {
+        let text = client_frame(0x81, b"hello");
+        let big = client_frame(0x81, &[b'x'; 70_000]);
+        let first = client_frame(0x01, b"he");
+        let ping = client_frame(0x89, b"p");
+        let last = client_frame(0x80, b"llo");
+        let stream: Vec<u8> = [&text[..], &big, &first, &ping, &last].concat();
+        let boundaries = [text.len(), text.len() + big.len(), stream.len()];
+        // Byte by byte: at rest exactly at the ends of whole messages.
+        let mut t = FrameTracker::default();
+        for (i, b) in stream.iter().enumerate() {
+            t.feed(std::slice::from_ref(b));
+            assert_eq!(t.at_rest(), boundaries.contains(&(i + 1)), "after byte {}", i + 1);
+        }
+        // In odd-sized chunks the same.
+        let mut t = FrameTracker::default();
+        for chunk in stream.chunks(997) {
+            t.feed(chunk);
+        }
+        assert!(t.at_rest());
+        let mut t = FrameTracker::default();
+        t.feed(&[&first[..], &ping].concat());
+        assert!(!t.at_rest(), "a control frame inside a fragmented message does not end it");
+        let mut t = FrameTracker::default();
+        t.feed(&[0x81, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        assert!(!t.at_rest(), "an absurd length never rests");
+    }
 
     #[test]
     fn frames_have_minimal_headers() {

@@ -204,11 +204,11 @@ function connect(token) {
 function disconnect() {
   conn.wanted = false;
   clearTimeout(conn.retryTimer);
-  if (conn.ws) {
+  if (conn.ws && conn.ws.readyState === WebSocket.OPEN) {
     // The server echoes our 1000; its close event finishes the bookkeeping.
     conn.ws.close(1000, "bye");
   } else {
-    setState("closed");
+    socketGone(null);
   }
 }
 
@@ -279,6 +279,8 @@ function detachSocket(close) {
   const ws = conn.ws;
   conn.ws = null;
   if (ws && ws.readyState === WebSocket.OPEN) ws.close(1000, "client gave up");
+  // Closing a socket still connecting makes the browser log an error; close it once open.
+  else if (ws && ws.readyState === WebSocket.CONNECTING) ws.onopen = () => ws.close(1000, "client gave up");
   if (close) conn.lastClose = close;
   if (close && NO_RETRY.has(close.code)) conn.wanted = false;
   clearTimeout(conn.stableTimer);
@@ -1158,7 +1160,7 @@ function renderComposerState(room) {
   room.el.send.disabled = false;
   room.el.input.placeholder = room.status === "joined"
     ? `Message ${room.peer ? displayName(room.peer) : `#${room.name}`}`
-    : "Not connected: messages will be sent when the room is joined again";
+    : "Offline: messages are sent once reconnected";
 }
 
 /** A dismissible line of text; errors stay until dismissed (at most a few are kept). */

@@ -16,7 +16,7 @@ use crate::http::{self, Decision, Endpoint, Failure, Framed, Gathered, Response,
 use crate::metrics;
 use crate::protocol::ServerFrame;
 use crate::timer::{Millis, unix_millis};
-use crate::ws;
+use crate::ws::{self, FrameTracker};
 
 /// An HTTP answer that needs a part from every shard.
 pub(super) struct Gather {
@@ -169,8 +169,11 @@ impl Shard {
         let leftover = std::mem::take(&mut h.buf);
         conn.out.push(http::switching_protocols(accept_key));
         let limits = &self.config.limits;
+        let mut frames = FrameTracker::default();
+        frames.feed(&leftover);
         let session = Session {
-            ws: ws::server_context(limits.max_frame_bytes, leftover),
+            ws: Some(Box::new(ws::server_context(limits.max_frame_bytes, leftover))),
+            frames,
             endpoint,
             id: session_id,
             identity: None,

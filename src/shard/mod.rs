@@ -230,7 +230,8 @@ impl Shard {
     fn on_ws_readable(&mut self, key: u32, now: Millis) {
         let Some(conn) = self.conns.get_mut(key as usize) else { return };
         let mut msgs = std::mem::take(&mut self.msgs);
-        let outcome = conn.read_messages(&mut self.scratch, now, &mut msgs);
+        let max_frame = self.config.limits.max_frame_bytes;
+        let outcome = conn.read_messages(&mut self.scratch, now, max_frame, &mut msgs);
         self.scratch.clear();
         // tungstenite answers pings (and closes) on its own, into our queue; TLS may have
         // records of its own to send (key updates, alerts).
@@ -411,7 +412,8 @@ impl Shard {
         if code == CloseCode::Again {
             conn.out.discard_unstarted();
         }
-        let Some(ended) = conn.close_ws(code, reason, now, stream_ok, &mut self.scratch) else { return };
+        let max_frame = self.config.limits.max_frame_bytes;
+        let Some(ended) = conn.close_ws(code, reason, now, stream_ok, &mut self.scratch, max_frame) else { return };
         mark_dirty(conn, key, &mut self.dirty);
         self.retire(key, ended);
         self.schedule(key, now + CLOSE_GRACE_MS);

@@ -205,6 +205,8 @@ impl Shard {
             }
             None => {
                 let room: Arc<str> = room.into();
+                // Most connections join one or two rooms: grow one slot at a time, not four.
+                session.rooms.reserve_exact(1);
                 session.rooms.push(Membership { room: room.clone(), state: JoinState::Requested });
                 room
             }
