@@ -107,6 +107,7 @@ pub enum JoinState {
 
 /// What an ended session leaves for the shard to clean up.
 pub struct Ended {
+    pub session: u64,
     pub endpoint: Endpoint,
     pub identity: Option<Identity>,
     pub rooms: Vec<Membership>,
@@ -116,9 +117,9 @@ impl Session {
     /// Ends the session: its tungstenite state (fresh if it had let go of it), and what the
     /// shard must clean up.
     fn end(self, max_frame_bytes: usize) -> (Box<WebSocketContext>, Ended) {
-        let Session { ws, endpoint, identity, rooms, .. } = self;
+        let Session { ws, id, endpoint, identity, rooms, .. } = self;
         let ws = ws.unwrap_or_else(|| Box::new(ws::server_context(max_frame_bytes, Vec::new())));
-        (ws, Ended { endpoint, identity, rooms })
+        (ws, Ended { session: id, endpoint, identity, rooms })
     }
 
     pub fn membership(&self, room: &str) -> Option<&Membership> {
@@ -306,8 +307,8 @@ impl Connection {
     pub fn abandon(&mut self) -> Option<Ended> {
         let session = self.take_session()?;
         self.phase = closing(None, 0, true);
-        let Session { endpoint, identity, rooms, .. } = *session;
-        Some(Ended { endpoint, identity, rooms })
+        let Session { id, endpoint, identity, rooms, .. } = *session;
+        Some(Ended { session: id, endpoint, identity, rooms })
     }
 
     /// Moves the open session out, leaving a finished `Closing` the caller replaces as needed.

@@ -146,8 +146,10 @@ pub fn push_until_taken<T>(inbox: &Inbox<T>, mut msg: T) {
 }
 
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 8] = [
+    let checks: [(&'static str, bool); 10] = [
         ("tls (on/off)", old.tls.is_some() != new.tls.is_some()),
+        ("history.retention_per_room", old.history.retention_per_room != new.history.retention_per_room),
+        ("history.retention_days", old.history.retention_days != new.history.retention_days),
         ("server.listen", old.server.listen != new.server.listen),
         ("server.shards", old.shard_count() != new.shard_count()),
         ("server.max_connections_per_ip", old.server.max_connections_per_ip != new.server.max_connections_per_ip),

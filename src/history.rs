@@ -160,9 +160,17 @@ impl Writer {
         let before = self.failed.clone();
         let fates: Vec<Fate> = batch.iter().map(|m| self.fate(m)).collect();
         let mut lookups = Vec::new();
-        let started = Instant::now();
-        let written = self.write(batch, &fates, &mut lookups);
-        self.down.shared.commit_latency.record(started.elapsed().as_micros() as u64);
+        let touches_storage =
+            fates.contains(&Fate::Write) || batch.iter().any(|m| matches!(m, HistoryMsg::Lookup { .. }));
+        let written = if touches_storage {
+            let started = Instant::now();
+            let written = self.write(batch, &fates, &mut lookups);
+            self.down.shared.commit_latency.record(started.elapsed().as_micros() as u64);
+            written
+        } else {
+            // Joins, presence and replies only pass through: no transaction to open.
+            Ok(())
+        };
         match written {
             Ok(()) => {
                 for (msg, fate) in batch.iter().zip(&fates) {
@@ -250,12 +258,14 @@ impl Writer {
             match msg {
                 HistoryMsg::Event { record, delivery, shards, origin } => {
                     let stored = *fate == Fate::Write;
+                    // The ack goes first: the sender's socket is then written before the
+                    // (possibly thousands of) members' in the same loop turn.
+                    self.answer_origin(origin, &record, stored.then_some(()).ok_or(refuse_code));
                     if stored {
                         for shard in shards.iter() {
                             self.down.send(shard, ShardMsg::Down(Downstream::Deliver(delivery.clone())));
                         }
                     }
-                    self.answer_origin(origin, &record, stored.then_some(()).ok_or(refuse_code));
                 }
                 HistoryMsg::Relay { shards, msg } => {
                     for shard in shards.iter() {

@@ -10,11 +10,15 @@ use crate::config::LogFormat;
 
 struct StderrLogger {
     format: LogFormat,
+    /// stderr is the systemd journal: prefix lines with their syslog priority (`<3>`), which
+    /// journald turns into the entry's priority and strips.
+    journal: bool,
 }
 
 /// Installs the logger. Later calls only change the level (the format is fixed at start).
 pub fn init(level: LevelFilter, format: LogFormat) {
-    let _ = log::set_boxed_logger(Box::new(StderrLogger { format }));
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let _ = log::set_boxed_logger(Box::new(StderrLogger { format, journal }));
     set_level(level);
 }
 
@@ -33,12 +37,24 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = format_line(self.format, &timestamp(SystemTime::now()), record);
+        let mut line = format_line(self.format, &timestamp(SystemTime::now()), record);
+        if self.journal {
+            line.insert_str(0, syslog_priority(record.level()));
+        }
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
     fn flush(&self) {
         let _ = std::io::stderr().flush();
+    }
+}
+
+fn syslog_priority(level: Level) -> &'static str {
+    match level {
+        Level::Error => "<3>",
+        Level::Warn => "<4>",
+        Level::Info => "<6>",
+        Level::Debug | Level::Trace => "<7>",
     }
 }
 

@@ -140,7 +140,11 @@ fn admin(config: Option<PathBuf>, socket: Option<PathBuf>, command: &str) -> Exi
 }
 
 fn check_config(file: &std::path::Path) -> Result<(), String> {
-    Config::load(file).map_err(|e| e.to_string())?;
+    let config = Config::load(file).map_err(|e| e.to_string())?;
+    // The certificate and key are read too, so ExecStartPre/ExecReload catch a bad PEM.
+    if let Some(tls) = &config.tls {
+        roomcast::tls::load(tls).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
     println!("{}: ok", file.display());
     Ok(())
 }

@@ -33,7 +33,8 @@ use crate::{history, logging, sys};
 const RESERVED_FDS: u64 = 64;
 /// Threads answering replays and history pages.
 const HISTORY_READERS: usize = 2;
-const LISTEN_BACKLOG: i32 = 4096;
+/// The kernel caps this at `net.core.somaxconn`, so that sysctl alone decides.
+const LISTEN_BACKLOG: i32 = 65_535;
 
 /// What every thread shares: the queues between them and lock-free counters.
 pub struct Shared {

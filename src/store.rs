@@ -497,11 +497,35 @@ mod tests {
     use crate::bus::EventKind;
     use serde_json::value::RawValue;
 
-    fn temp_db(tag: &str) -> PathBuf {
+    /// A database path in a fresh directory that is removed when the guard drops.
+    struct TempDb(PathBuf);
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    impl std::ops::Deref for TempDb {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TempDb {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    fn temp_db(tag: &str) -> TempDb {
         let dir = std::env::temp_dir().join(format!("roomcast-store-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        dir.join("h.db")
+        TempDb(dir.join("h.db"))
     }
 
     fn raw(s: &str) -> Box<RawValue> {

@@ -9,6 +9,10 @@ use std::time::Duration;
 use crate::server::Shared;
 use crate::timer::unix_millis;
 
+/// A shard counts as stuck only after this long without a loop turn (idle shards turn every
+/// second).
+const MIN_STALE_MS: u64 = 2_500;
+
 /// The datagram socket systemd listens on (`$NOTIFY_SOCKET`), if any.
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
@@ -48,7 +52,8 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// turn recently: a stuck shard stops the pings and systemd restarts the daemon.
 pub fn run_watchdog(shared: Arc<Shared>, notifier: Arc<Notifier>, interval: Duration) {
     let period = interval / 2;
-    let stale_after = period.as_millis() as u64;
+    // An idle shard turns once a second, so anything quicker would see healthy shards as stuck.
+    let stale_after = (period.as_millis() as u64).max(MIN_STALE_MS);
     while !shared.shards_stopped.load(std::sync::atomic::Ordering::Acquire) {
         std::thread::park_timeout(period);
         let now = unix_millis();

@@ -1,5 +1,5 @@
-//! Smoke test: every scenario at tiny sizes against `roomcast-baseline` (and against roomcast
-//! when `ROOMCAST_BIN` names its binary), asserting a clean, non-empty JSON report.
+//! Smoke test: every scenario at tiny sizes against `roomcast-baseline` and against roomcast (the
+//! workspace's own build, or `ROOMCAST_BIN`), asserting a clean, non-empty JSON report.
 
 use std::process::Command;
 
@@ -29,13 +29,17 @@ fn run(server: &str, args: &[&str]) -> Value {
 }
 
 fn servers() -> Vec<String> {
-    let mut s = vec![BASELINE.to_string()];
-    if let Ok(bin) = std::env::var("ROOMCAST_BIN")
-        && !bin.is_empty()
-    {
-        s.push(bin);
-    }
-    s
+    // `cargo test --workspace` builds roomcast next to this harness.
+    let sibling = std::path::Path::new(HARNESS).with_file_name("roomcast");
+    let roomcast = std::env::var("ROOMCAST_BIN").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| {
+        assert!(
+            sibling.exists(),
+            "no roomcast binary at {}: run `cargo test --workspace` (or set ROOMCAST_BIN)",
+            sibling.display()
+        );
+        sibling.to_string_lossy().into_owned()
+    });
+    vec![BASELINE.to_string(), roomcast]
 }
 
 fn assert_deliveries(r: &Value) {

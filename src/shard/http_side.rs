@@ -190,8 +190,8 @@ impl Shard {
         let counters = self.counters();
         counters.connections.add(1);
         counters.handshakes.add(1);
+        let user = identity.as_ref().map(|i| i.user.clone());
         if endpoint == Endpoint::Chat {
-            let user = identity.as_ref().map(|i| i.user.clone());
             if let Some(identity) = identity {
                 self.authenticate(key, identity);
             }
@@ -203,6 +203,12 @@ impl Shard {
             .to_frame();
             self.send(key, frame);
         }
+        log::debug!(
+            "session={} opened by {} on {endpoint:?}{}",
+            format_session(session_id),
+            self.conns[key as usize].peer,
+            user.as_deref().map(|u| format!(" as {u}")).unwrap_or_default()
+        );
         self.schedule(key, now);
         // A client may have sent frames right behind its request; they are already in our
         // buffer and no readiness event will announce them again.

@@ -252,7 +252,7 @@ impl Shard {
                 let conn = &mut self.conns[key as usize];
                 if let Some(ended) = conn.finish_after_peer_close(now, &mut self.scratch) {
                     mark_dirty(conn, key, &mut self.dirty);
-                    self.retire(key, ended);
+                    self.retire(key, ended, &"by the client");
                     self.schedule(key, now + CLOSE_GRACE_MS);
                 }
             }
@@ -415,7 +415,7 @@ impl Shard {
         let max_frame = self.config.limits.max_frame_bytes;
         let Some(ended) = conn.close_ws(code, reason, now, stream_ok, &mut self.scratch, max_frame) else { return };
         mark_dirty(conn, key, &mut self.dirty);
-        self.retire(key, ended);
+        self.retire(key, ended, &format_args!("with {} ({reason})", u16::from(code)));
         self.schedule(key, now + CLOSE_GRACE_MS);
     }
 
@@ -432,7 +432,8 @@ impl Shard {
     }
 
     /// Undoes what an ended session held: counts, memberships, user presence.
-    fn retire(&mut self, key: u32, ended: Ended) {
+    fn retire(&mut self, key: u32, ended: Ended, how: &dyn std::fmt::Display) {
+        log::debug!("session={} closed {how}", format_session(ended.session));
         let counters = self.counters();
         counters.connections.sub(1);
         self.shared.ws_connections.fetch_sub(1, Ordering::Relaxed);
@@ -468,7 +469,7 @@ impl Shard {
     fn destroy(&mut self, key: u32) {
         let Some(mut conn) = self.conns.try_remove(key as usize) else { return };
         if let Some(ended) = conn.abandon() {
-            self.retire(key, ended);
+            self.retire(key, ended, &"without a close frame (connection lost)");
         }
         let _ = self.poll.registry().deregister(conn.transport.socket());
         let ip = conn.peer.ip();
