@@ -84,15 +84,10 @@ fn json_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
     })
 }
 
-/// A field for which JSON `null` is a value, not an absence.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&'de RawValue>::deserialize(d).map(Some)
-}
-
 fn publish(room: &str, body: &[u8], env: &RouteEnv) -> Result<Call, Response> {
     #[derive(Deserialize)]
     struct PublishBody<'a> {
-        #[serde(borrow, default, deserialize_with = "present")]
+        #[serde(borrow, default, deserialize_with = "crate::protocol::present")]
         body: Option<&'a RawValue>,
         from: Option<String>,
     }
@@ -110,7 +105,7 @@ fn publish(room: &str, body: &[u8], env: &RouteEnv) -> Result<Call, Response> {
 fn data(body: &[u8]) -> Result<Box<RawValue>, Response> {
     #[derive(Deserialize)]
     struct DataBody<'a> {
-        #[serde(borrow, default, deserialize_with = "present")]
+        #[serde(borrow, default, deserialize_with = "crate::protocol::present")]
         data: Option<&'a RawValue>,
     }
     let parsed: DataBody = json_body(body)?;

@@ -138,7 +138,7 @@ struct Envelope<'a> {
 }
 
 /// A field for which JSON `null` is a value, not an absence (`"body": null` is a valid body).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+pub(crate) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&'de RawValue>::deserialize(d).map(Some)
 }
 
