@@ -58,10 +58,6 @@ impl ShardSet {
         self.0 |= 1 << shard;
     }
 
-    pub fn remove(&mut self, shard: usize) {
-        self.0 &= !(1 << shard);
-    }
-
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
@@ -567,8 +563,6 @@ mod tests {
         s.insert(5);
         s.insert(127);
         assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 5, 127]);
-        s.remove(5);
-        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 127]);
         assert_eq!(ShardSet::all(3).iter().collect::<Vec<_>>(), vec![0, 1, 2]);
         assert_eq!(ShardSet::all(128).iter().count(), 128);
         assert_eq!(ShardSet::one(4).iter().collect::<Vec<_>>(), vec![4]);

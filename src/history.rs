@@ -69,17 +69,24 @@ impl Downlink {
     }
 
     fn release(&mut self) {
-        loop {
-            let mut waiting = false;
-            for (shard, outbox) in self.shards.iter_mut().enumerate() {
-                outbox.flush(&self.shared.shard_inboxes[shard]);
-                waiting |= !outbox.is_empty();
-            }
-            if !waiting || self.shared.shards_stopped.load(Ordering::Acquire) {
-                return;
-            }
-            std::thread::sleep(BACKOFF);
+        let stopped = || self.shared.shards_stopped.load(Ordering::Acquire);
+        flush_all(&mut self.shards, &self.shared.shard_inboxes, stopped);
+    }
+}
+
+/// Hands every outbox to its inbox, sleeping while a destination is full, until all are
+/// empty or `consumers_gone` says nobody will take them any more.
+fn flush_all<T>(outboxes: &mut [Outbox<T>], inboxes: &[Inbox<T>], consumers_gone: impl Fn() -> bool) {
+    loop {
+        let mut waiting = false;
+        for (outbox, inbox) in outboxes.iter_mut().zip(inboxes) {
+            outbox.flush(inbox);
+            waiting |= !outbox.is_empty();
         }
+        if !waiting || consumers_gone() {
+            return;
+        }
+        std::thread::sleep(BACKOFF);
     }
 }
 
@@ -334,16 +341,9 @@ impl Writer {
         self.readers[reader].push(ReadRequest::Replay(answer));
     }
 
+    /// Readers outlive the writer, so this always drains.
     fn flush_readers(&mut self) {
-        let shared = &self.down.shared;
-        for (outbox, inbox) in self.readers.iter_mut().zip(&shared.readers) {
-            while !outbox.is_empty() {
-                outbox.flush(inbox);
-                if !outbox.is_empty() {
-                    std::thread::sleep(BACKOFF);
-                }
-            }
-        }
+        flush_all(&mut self.readers, &self.down.shared.readers, || false);
     }
 
     fn prune_if_due(&mut self) {

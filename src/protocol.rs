@@ -32,24 +32,6 @@ pub enum ErrorCode {
     Internal,
 }
 
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadJson => "bad_json",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::Unauthenticated => "unauthenticated",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotInRoom => "not_in_room",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Overloaded => "overloaded",
-            ErrorCode::Internal => "internal",
-        }
-    }
-}
-
 /// A refused request: the code and a message for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {

@@ -31,13 +31,23 @@ struct HomeRoom {
     seq: u64,
     /// Connections in the room, per shard that has any.
     conns: Vec<(u16, u32)>,
-    shards: ShardSet,
     /// Distinct users in the room and how many of their connections joined.
     users: HashMap<Arc<str>, u32>,
     /// Edits, deletes and reactions wait here, one at a time, for the stored state of their
     /// target; taking them in turn means each is checked against every earlier one.
     mutations: VecDeque<Mutation>,
     lookup_pending: bool,
+}
+
+impl HomeRoom {
+    /// The shards with members: where the room's events go.
+    fn shards(&self) -> ShardSet {
+        let mut set = ShardSet::default();
+        for (shard, _) in &self.conns {
+            set.insert(*shard as usize);
+        }
+        set
+    }
 }
 
 /// The rooms whose home is this shard.
@@ -79,7 +89,7 @@ impl HomeRooms {
             let count = room.users.entry(req.user.clone()).or_insert(0);
             *count += 1;
             if *count == 1 {
-                out.push(presence(&req.room, room.shards, &req.user, "join"));
+                out.push(presence(&req.room, room.shards(), &req.user, "join"));
             }
         }
         let replay = match (req.since, req.history) {
@@ -113,7 +123,7 @@ impl HomeRooms {
                 *count -= 1;
                 if *count == 0 {
                     room.users.remove(user);
-                    out.push(presence(name, room.shards, user, "leave"));
+                    out.push(presence(name, room.shards(), user, "leave"));
                 }
             }
         }
@@ -147,7 +157,7 @@ impl HomeRooms {
         let frame = event_frame(&name, seq, &from, ts, &kind);
         let (audience, shards) = match room_kind(&name) {
             RoomKind::Direct(a, b) => (Audience::Users(a.into(), b.into()), ShardSet::all(self.shard_count)),
-            _ => (Audience::Room, room.shards),
+            _ => (Audience::Room, room.shards()),
         };
         let exclude = match &origin {
             Origin::Conn(c, _) => Exclude::Conn(*c),
@@ -211,7 +221,7 @@ impl HomeRooms {
         let Some(room) = self.rooms.get(name) else { return };
         let frame = ServerFrame::Typing { room: name, user: &user, active }.to_frame();
         let delivery = Delivery { room: name.clone(), frame, audience: Audience::Room, exclude: Exclude::User(user) };
-        for shard in room.shards.iter() {
+        for shard in room.shards().iter() {
             out.push(HomeOutput::Shard(shard, Downstream::Deliver(delivery.clone())));
         }
     }
@@ -312,7 +322,6 @@ fn add_conn(room: &mut HomeRoom, shard: u16) {
         Some((_, n)) => *n += 1,
         None => room.conns.push((shard, 1)),
     }
-    room.shards.insert(shard as usize);
 }
 
 fn remove_conn(room: &mut HomeRoom, shard: u16) {
@@ -320,7 +329,6 @@ fn remove_conn(room: &mut HomeRoom, shard: u16) {
     room.conns[i].1 -= 1;
     if room.conns[i].1 == 0 {
         room.conns.swap_remove(i);
-        room.shards.remove(shard as usize);
     }
 }
 

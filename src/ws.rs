@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 
 use bytes::Bytes;
-use tungstenite::error::{CapacityError, Error as WsError};
+use tungstenite::error::Error as WsError;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
@@ -320,7 +320,6 @@ pub fn frame_payload(frame: &Bytes) -> Bytes {
 /// Why a WebSocket connection failed, and the close code it earns.
 pub fn close_code_for(err: &WsError) -> Option<CloseCode> {
     match err {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some(CloseCode::Size),
         WsError::Capacity(_) => Some(CloseCode::Size),
         WsError::Utf8(_) => Some(CloseCode::Invalid),
         WsError::Protocol(_) => Some(CloseCode::Protocol),

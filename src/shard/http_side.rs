@@ -223,7 +223,7 @@ impl Shard {
     /// Carries out an API call like a client request: publishes go through the room's home
     /// shard and the history stage, and the HTTP answer waits for the commit.
     fn api_call(&mut self, key: u32, call: Call, keep_alive: bool, now: Millis) {
-        let conn = self.conn_ref(key, self.conns[key as usize].generation);
+        let conn = self.conn_ref(key);
         match call {
             Call::Publish { room, from, body } => {
                 if let Err(rejection) = self.check_capacity(&room) {
@@ -238,7 +238,7 @@ impl Shard {
                     body,
                     reply_to: None,
                 };
-                self.send_home(&room, HomeMsg::Publish(publish), now);
+                self.send_home(&room, HomeMsg::Publish(publish));
             }
             Call::History { room, before, after, limit } => {
                 self.set_pending(key, keep_alive);

@@ -159,7 +159,7 @@ impl Shard {
             self.run_timers(now);
             self.apply_closes(now);
             self.hand_over();
-            self.flush_dirty(now);
+            self.flush_dirty();
             self.counters().last_turn_ms.set(unix_millis());
             if let Some(deadline) = self.shutdown_deadline
                 && (self.conns.is_empty() || now >= deadline)
@@ -185,7 +185,10 @@ impl Shard {
         Some(if waiting { timer.min(OUTBOX_RETRY) } else { timer })
     }
 
-    fn conn_ref(&self, key: u32, generation: u32) -> ConnRef {
+    /// How other threads address connection `key` (generation 0 once the slot is freed: such
+    /// a reference reaches nobody, and a leave only needs the shard).
+    fn conn_ref(&self, key: u32) -> ConnRef {
+        let generation = self.conns.get(key as usize).map_or(0, |c| c.generation);
         ConnRef { shard: self.index as u16, key, generation }
     }
 
@@ -289,7 +292,7 @@ impl Shard {
 
     // ---- routing between shards --------------------------------------------------------------
 
-    fn send_home(&mut self, room: &str, msg: HomeMsg, _now: Millis) {
+    fn send_home(&mut self, room: &str, msg: HomeMsg) {
         let home = bus::home_shard(room, self.outboxes.len());
         if home == self.index {
             self.handle_home(msg);
@@ -440,8 +443,7 @@ impl Shard {
         let Some(identity) = ended.identity else { return };
         counters.authenticated.sub(1);
         self.local.remove_user(&identity.user, key);
-        let generation = self.conns.get(key as usize).map_or(0, |c| c.generation);
-        let conn = self.conn_ref(key, generation);
+        let conn = self.conn_ref(key);
         for m in ended.rooms {
             self.forget_membership(&m, key);
             let msg = HomeMsg::Leave {
@@ -451,7 +453,7 @@ impl Shard {
                 reply: false,
                 reference: None,
             };
-            self.send_home(&m.room, msg, 0);
+            self.send_home(&m.room, msg);
         }
         self.send_user_home(ShardMsg::UserOffline(identity.user));
     }
@@ -535,7 +537,7 @@ impl Shard {
         self.acceptor_out.flush(&shared.acceptor);
     }
 
-    fn flush_dirty(&mut self, _now: Millis) {
+    fn flush_dirty(&mut self) {
         let mut written = 0;
         for key in std::mem::take(&mut self.dirty) {
             let Some(conn) = self.conns.get_mut(key as usize) else { continue };

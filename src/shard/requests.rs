@@ -37,12 +37,12 @@ impl Shard {
         let reference = frame.reference.as_deref();
         let result = match frame.request {
             Err(rejection) => Err(rejection),
-            Ok(req @ (Request::Auth { .. } | Request::Ping)) => self.dispatch(key, reference, req, now),
+            Ok(req @ (Request::Auth { .. } | Request::Ping)) => self.dispatch(key, reference, req),
             Ok(_) if !authenticated => Err(Rejection::new(
                 ErrorCode::Unauthenticated,
                 "authenticate first: send {\"type\":\"auth\",\"token\":...}",
             )),
-            Ok(req) => self.dispatch(key, reference, req, now),
+            Ok(req) => self.dispatch(key, reference, req),
         };
         if let Err(rejection) = result {
             self.reply_error(key, reference, &rejection);
@@ -54,13 +54,7 @@ impl Shard {
         self.send(key, frame);
     }
 
-    pub(super) fn dispatch(
-        &mut self,
-        key: u32,
-        reference: Option<&str>,
-        req: Request,
-        now: Millis,
-    ) -> Result<(), Rejection> {
+    pub(super) fn dispatch(&mut self, key: u32, reference: Option<&str>, req: Request) -> Result<(), Rejection> {
         match req {
             Request::Auth { token } => self.on_auth(key, reference, &token),
             Request::Ping => {
@@ -77,7 +71,7 @@ impl Shard {
             Request::Typing { room, active } => {
                 let room = self.joined_room(key, &room)?;
                 let user = self.user_of(key)?;
-                self.send_home(&room, HomeMsg::Typing { room: room.clone(), user, active }, now);
+                self.send_home(&room, HomeMsg::Typing { room: room.clone(), user, active });
                 Ok(())
             }
             Request::Direct { to, body } => {
@@ -91,9 +85,9 @@ impl Shard {
             Request::Presence { room } => {
                 self.check_access(key, &room)?;
                 let room: Arc<str> = room.as_ref().into();
-                let conn = self.conn_ref(key, self.conns[key as usize].generation);
+                let conn = self.conn_ref(key);
                 let msg = HomeMsg::PresenceQuery { room: room.clone(), conn, reference: reference.map(Into::into) };
-                self.send_home(&room, msg, now);
+                self.send_home(&room, msg);
                 Ok(())
             }
             Request::Edit { room, target, body } => {
@@ -106,7 +100,7 @@ impl Shard {
             }
             Request::History { room, before, after, limit } => {
                 self.check_access(key, &room)?;
-                let conn = self.conn_ref(key, self.conns[key as usize].generation);
+                let conn = self.conn_ref(key);
                 let reference = reference.map(Into::into);
                 let request =
                     ReadRequest::History { conn, room: room.as_ref().into(), reference, before, after, limit };
@@ -193,7 +187,7 @@ impl Shard {
         self.check_capacity(room)?;
         let max_rooms = self.config.limits.max_rooms_per_connection;
         let user = self.user_of(key)?;
-        let generation = self.conns[key as usize].generation;
+        let conn = self.conn_ref(key);
         let Some(session) = self.conns[key as usize].session_mut() else { return Ok(()) };
         let existing = session.membership(room).map(|m| m.room.clone());
         let rejoin = existing.is_some();
@@ -211,7 +205,6 @@ impl Shard {
                 room
             }
         };
-        let conn = self.conn_ref(key, generation);
         let req = JoinRequest {
             room: room.clone(),
             conn,
@@ -221,20 +214,19 @@ impl Shard {
             history,
             rejoin,
         };
-        self.send_home(&room, HomeMsg::Join(req), 0);
+        self.send_home(&room, HomeMsg::Join(req));
         Ok(())
     }
 
     pub(super) fn on_leave(&mut self, key: u32, reference: Option<&str>, room: &str) -> Result<(), Rejection> {
         let user = self.user_of(key)?;
-        let generation = self.conns[key as usize].generation;
+        let conn = self.conn_ref(key);
         let Some(session) = self.conns[key as usize].session_mut() else { return Ok(()) };
         let Some(i) = session.rooms.iter().position(|m| &*m.room == room) else {
             return Err(Rejection::new(ErrorCode::NotInRoom, "not in that room"));
         };
         let membership = session.rooms.swap_remove(i);
         self.forget_membership(&membership, key);
-        let conn = self.conn_ref(key, generation);
         let msg = HomeMsg::Leave {
             room: membership.room.clone(),
             conn,
@@ -242,7 +234,7 @@ impl Shard {
             reply: true,
             reference: reference.map(Into::into),
         };
-        self.send_home(&membership.room, msg, 0);
+        self.send_home(&membership.room, msg);
         Ok(())
     }
 
@@ -269,12 +261,12 @@ impl Shard {
             room: room.clone(),
             from: identity.user.clone(),
             admin: identity.role == Role::Admin,
-            origin: self.conn_ref(key, self.conns[key as usize].generation),
+            origin: self.conn_ref(key),
             reference: reference.map(Into::into),
             target,
             op,
         };
-        self.send_home(&room, HomeMsg::Mutate(mutation), 0);
+        self.send_home(&room, HomeMsg::Mutate(mutation));
         Ok(())
     }
 
@@ -299,11 +291,11 @@ impl Shard {
             room: room.clone(),
             from: identity.user.clone(),
             name: identity.name.clone(),
-            origin: Origin::Conn(self.conn_ref(key, self.conns[key as usize].generation), reference.map(Into::into)),
+            origin: Origin::Conn(self.conn_ref(key), reference.map(Into::into)),
             body: body.to_owned(),
             reply_to,
         };
-        self.send_home(&room, HomeMsg::Publish(publish), 0);
+        self.send_home(&room, HomeMsg::Publish(publish));
         Ok(())
     }
 }
